@@ -1,0 +1,89 @@
+# minibuild — build, test, demo and benchmark.
+#
+# On a fresh Debian machine, as root, `make demo` and `make test` do all the
+# set-up they need (they apt-get install the few Debian packages they use).
+
+GO       ?= go
+BIN      := bin/minibuild
+MB       := $(CURDIR)/$(BIN)
+BASE_DIR := examples/base
+APP_DIR  := examples/python-app
+E2EFLAGS ?= -v
+export PATH := /usr/local/go/bin:$(PATH)
+
+# Debian packages each target needs (installed when missing and running as root).
+DEMO_PKGS  := busybox-static
+TEST_PKGS  := busybox-static skopeo umoci
+BENCH_PKGS := busybox-static hyperfine
+
+.PHONY: all build test unit e2e demo base bench lint deps-demo deps-test deps-bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/minibuild
+
+# go vet, the unit tests of every package, then the end-to-end tests over the
+# real binary (those need root: namespaces, overlayfs, chown).
+test: deps-test build
+	$(GO) vet ./...
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /test/e2e)
+	@[ "$$(id -u)" = 0 ] || echo "WARNING: not root: the end-to-end tests will be skipped" >&2
+	$(GO) test -count=1 -timeout 20m $(E2EFLAGS) ./test/e2e/
+
+unit:
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /test/e2e)
+
+e2e: deps-test
+	$(GO) test -count=1 -timeout 20m $(E2EFLAGS) ./test/e2e/
+
+# base: the busybox base image, tagged busybox:latest in the store (so that
+# `FROM busybox` resolves locally, without a registry).
+base: deps-demo build
+	$(BASE_DIR)/prepare.sh
+	$(MB) build --progress=plain -t busybox:latest $(BASE_DIR)
+
+# demo: build python-app as myapp:1.0, append a line to app.py (in a temporary
+# copy, so the repository stays clean) and build myapp:1.1: the steps before
+# `COPY app.py` are CACHED, the rest is rebuilt.
+demo: base
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	cp -a $(APP_DIR)/. "$$tmp/"; \
+	echo; echo "==> minibuild build -t myapp:1.0 (python-app)"; \
+	$(MB) build --progress=plain -t myapp:1.0 "$$tmp"; \
+	line="print('edited at $$(date +%s%N)')"; \
+	echo; echo "==> echo \"$$line\" >> app.py"; \
+	echo "$$line" >> "$$tmp/app.py"; \
+	echo; echo "==> minibuild build -t myapp:1.1 (python-app, app.py changed)"; \
+	$(MB) build --progress=plain -t myapp:1.1 "$$tmp"; \
+	echo; $(MB) images
+
+bench: deps-bench build
+	bench/run.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+deps-demo:
+	@$(call ensure_pkgs,$(DEMO_PKGS))
+deps-test:
+	@$(call ensure_pkgs,$(TEST_PKGS))
+deps-bench:
+	@$(call ensure_pkgs,$(BENCH_PKGS))
+
+clean:
+	rm -rf bin .bench $(BASE_DIR)/rootfs
+
+# ensure_pkgs installs the missing Debian packages (as root), or says what to install.
+define ensure_pkgs
+missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+if [ -n "$$missing" ]; then \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing:$$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else echo "missing Debian packages:$$missing (apt-get install -y$$missing)" >&2; exit 1; fi; \
+fi
+endef
