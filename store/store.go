@@ -1,0 +1,191 @@
+// Package store is minibuild's local content store under --root (DESIGN.md
+// invariant 4: the store never lies).
+//
+// Layout:
+//
+//	root/blobs/sha256/<hex>  layers, configs and manifests, each whole and verified
+//	root/tmp/                in-flight blob writes (temp file → sha256 → fsync → rename)
+//	root/images.json         tags (normalized ref → manifest digest) and image records
+//	root/lock                flock(2) serializing read-modify-write of images.json
+//
+// A blob appears under its name only after it was verified and synced, and
+// images.json is replaced by write-temp+fsync+rename under the lock, after
+// the blobs it names. So concurrent processes on one store are safe and a
+// crash at any point leaves a usable store (at worst an unreferenced blob or
+// a stale temp file, both harmless).
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+)
+
+// ErrNotFound is returned (wrapped) for a missing blob, image or tag.
+var ErrNotFound = errors.New("not found")
+
+// staleTemp is how old an in-flight write must be before Open removes it:
+// far longer than any write, so a live writer in another process is safe.
+const staleTemp = 24 * time.Hour
+
+// Store is a content store rooted at a directory. It is safe for concurrent
+// use by goroutines and by processes.
+type Store struct {
+	root string
+}
+
+// Open opens (creating if needed) the store at root.
+func Open(root string) (*Store, error) {
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", root, err)
+	}
+	for _, d := range []string{filepath.Join(abs, "blobs", "sha256"), filepath.Join(abs, "tmp")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+	}
+	s := &Store{root: abs}
+	s.removeStaleTemps()
+	return s, nil
+}
+
+// Root is the store's directory.
+func (s *Store) Root() string { return s.root }
+
+// removeStaleTemps deletes temp files a crashed writer left behind.
+func (s *Store) removeStaleTemps() {
+	dir := filepath.Join(s.root, "tmp")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > staleTemp {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+}
+
+// state is the content of images.json.
+type state struct {
+	Version int                      `json:"version"`
+	Tags    map[string]digest.Digest `json:"tags"`   // normalized ref → manifest digest
+	Images  map[digest.Digest]record `json:"images"` // manifest digest → record
+}
+
+// record caches what Images and Image need without reading blobs.
+type record struct {
+	Config  digest.Digest `json:"config"`
+	Created time.Time     `json:"created"`
+	Size    int64         `json:"size"` // sum of compressed layer sizes
+}
+
+const stateVersion = 1
+
+func (s *Store) statePath() string { return filepath.Join(s.root, "images.json") }
+
+// load reads images.json; readers need no lock since it is replaced by
+// rename and therefore always whole.
+func (s *Store) load() (*state, error) {
+	st := &state{Version: stateVersion, Tags: map[string]digest.Digest{}, Images: map[digest.Digest]record{}}
+	b, err := os.ReadFile(s.statePath())
+	if errors.Is(err, os.ErrNotExist) {
+		return st, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read image index: %w", err)
+	}
+	if err := json.Unmarshal(b, st); err != nil {
+		return nil, fmt.Errorf("read image index %s: %w", s.statePath(), err)
+	}
+	if st.Version != stateVersion {
+		return nil, fmt.Errorf("image index %s: unsupported version %d", s.statePath(), st.Version)
+	}
+	if st.Tags == nil {
+		st.Tags = map[string]digest.Digest{}
+	}
+	if st.Images == nil {
+		st.Images = map[digest.Digest]record{}
+	}
+	return st, nil
+}
+
+// update runs fn on the current state under the store lock and saves the
+// result atomically when fn succeeds.
+func (s *Store) update(fn func(*state) error) error {
+	lf, err := os.OpenFile(filepath.Join(s.root, "lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return fmt.Errorf("lock store: %w", err)
+	}
+	defer lf.Close()
+	for {
+		err = unix.Flock(int(lf.Fd()), unix.LOCK_EX)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("lock store: %w", err)
+	}
+	defer unix.Flock(int(lf.Fd()), unix.LOCK_UN)
+
+	st, err := s.load()
+	if err != nil {
+		return err
+	}
+	if err := fn(st); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode image index: %w", err)
+	}
+	return writeFileAtomic(s.statePath(), append(b, '\n'))
+}
+
+// writeFileAtomic replaces path with data: temp file, fsync, rename, fsync dir.
+func writeFileAtomic(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Chmod(f.Name(), 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// isHex reports whether s is non-empty lowercase hex.
+func isHex(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
