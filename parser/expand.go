@@ -1,0 +1,217 @@
+package parser
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	bkparser "github.com/moby/buildkit/frontend/dockerfile/parser"
+	"github.com/moby/buildkit/frontend/dockerfile/shell"
+)
+
+// Expand returns a deep copy of cmd with docker's variable expansion applied
+// over env ("K=V", the last of a key wins), using the command's own BuildKit
+// Expand method so the set of expanded fields is exactly BuildKit's:
+// RUN/CMD/ENTRYPOINT command lines are left to the shell (only RUN --mount
+// values expand), COPY/ADD heredocs with an unquoted delimiter expand, and
+// EXPOSE words are expanded and split as dockerfile2llb does. ARG is copied
+// unexpanded: its default is expanded by Scope.Arg only when no --build-arg
+// replaces it, as BuildKit does. cmd itself is never modified.
+func Expand(cmd instructions.Command, env []string, escape rune) (instructions.Command, error) {
+	cp, err := clone(cmd, escape)
+	if err != nil {
+		return nil, err
+	}
+	envs := shell.EnvsFromSlice(env)
+	lex := shell.NewLex(escape)
+	switch c := cp.(type) {
+	case *instructions.ArgCommand:
+		return c, nil
+	case *instructions.ExposeCommand:
+		var ports []string
+		for _, p := range c.Ports {
+			ps, err := lex.ProcessWords(p, envs)
+			if err != nil {
+				return nil, fmt.Errorf("expand EXPOSE: %w", err)
+			}
+			ports = append(ports, ps...)
+		}
+		c.Ports = ports
+		return c, nil
+	}
+	if ex, ok := cp.(instructions.SupportsSingleWordExpansion); ok {
+		err := ex.Expand(func(word string) (string, error) {
+			w, _, err := lex.ProcessWord(word, envs)
+			return w, err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("expand %s: %w", strings.ToUpper(cp.Name()), err)
+		}
+	}
+	if ex, ok := cp.(instructions.SupportsSingleWordExpansionRaw); ok {
+		// Heredoc bodies: variables only, quotes kept (dockerfile2llb).
+		raw := shell.NewLex('\\')
+		raw.SkipProcessQuotes = true
+		err := ex.ExpandRaw(func(word string) (string, error) {
+			w, _, err := raw.ProcessWord(word, envs)
+			return w, err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("expand %s heredoc: %w", strings.ToUpper(cp.Name()), err)
+		}
+	}
+	return cp, nil
+}
+
+// ExpandWord expands one word (a FROM argument, a --platform value, ...)
+// with docker's rules over env ("K=V", the last of a key wins).
+func ExpandWord(word string, env []string, escape rune) (string, error) {
+	w, _, err := shell.NewLex(escape).ProcessWord(word, shell.EnvsFromSlice(env))
+	if err != nil {
+		return "", fmt.Errorf("expand %q: %w", word, err)
+	}
+	return w, nil
+}
+
+// clone deep-copies a parsed command so that expanding it cannot reach the
+// shared parsed Dockerfile.
+func clone(cmd instructions.Command, escape rune) (instructions.Command, error) {
+	switch c := cmd.(type) {
+	case *instructions.EnvCommand:
+		cp := *c
+		cp.Env = slices.Clone(c.Env)
+		return &cp, nil
+	case *instructions.LabelCommand:
+		cp := *c
+		cp.Labels = slices.Clone(c.Labels)
+		return &cp, nil
+	case *instructions.MaintainerCommand:
+		cp := *c
+		return &cp, nil
+	case *instructions.AddCommand:
+		cp := *c
+		cp.SourcesAndDest = cloneSources(c.SourcesAndDest)
+		cp.ExcludePatterns = slices.Clone(c.ExcludePatterns)
+		cp.KeepGitDir = cloneBool(c.KeepGitDir)
+		cp.Unpack = cloneBool(c.Unpack)
+		return &cp, nil
+	case *instructions.CopyCommand:
+		cp := *c
+		cp.SourcesAndDest = cloneSources(c.SourcesAndDest)
+		cp.ExcludePatterns = slices.Clone(c.ExcludePatterns)
+		return &cp, nil
+	case *instructions.OnbuildCommand:
+		cp := *c
+		return &cp, nil
+	case *instructions.WorkdirCommand:
+		cp := *c
+		return &cp, nil
+	case *instructions.RunCommand:
+		return cloneRun(c, escape)
+	case *instructions.CmdCommand:
+		cp := *c
+		cp.ShellDependantCmdLine = cloneCmdLine(c.ShellDependantCmdLine)
+		return &cp, nil
+	case *instructions.EntrypointCommand:
+		cp := *c
+		cp.ShellDependantCmdLine = cloneCmdLine(c.ShellDependantCmdLine)
+		return &cp, nil
+	case *instructions.HealthCheckCommand:
+		cp := *c
+		if c.Health != nil {
+			h := *c.Health
+			h.Test = slices.Clone(c.Health.Test)
+			cp.Health = &h
+		}
+		return &cp, nil
+	case *instructions.ExposeCommand:
+		cp := *c
+		cp.Ports = slices.Clone(c.Ports)
+		return &cp, nil
+	case *instructions.UserCommand:
+		cp := *c
+		return &cp, nil
+	case *instructions.VolumeCommand:
+		cp := *c
+		cp.Volumes = slices.Clone(c.Volumes)
+		return &cp, nil
+	case *instructions.StopSignalCommand:
+		cp := *c
+		return &cp, nil
+	case *instructions.ArgCommand:
+		cp := *c
+		cp.Args = make([]instructions.KeyValuePairOptional, len(c.Args))
+		for i, a := range c.Args {
+			if a.Value != nil {
+				v := *a.Value
+				a.Value = &v
+			}
+			cp.Args[i] = a
+		}
+		return &cp, nil
+	case *instructions.ShellCommand:
+		cp := *c
+		cp.Shell = slices.Clone(c.Shell)
+		return &cp, nil
+	}
+	return nil, fmt.Errorf("copy instruction: unsupported type %T", cmd)
+}
+
+func cloneSources(s instructions.SourcesAndDest) instructions.SourcesAndDest {
+	s.SourcePaths = slices.Clone(s.SourcePaths)
+	s.SourceContents = slices.Clone(s.SourceContents)
+	return s
+}
+
+func cloneCmdLine(s instructions.ShellDependantCmdLine) instructions.ShellDependantCmdLine {
+	s.CmdLine = slices.Clone(s.CmdLine)
+	s.Files = slices.Clone(s.Files)
+	return s
+}
+
+func cloneBool(b *bool) *bool {
+	if b == nil {
+		return nil
+	}
+	v := *b
+	return &v
+}
+
+// cloneRun re-parses a RUN instruction from its source. A RunCommand keeps
+// its --mount/--network state behind unexported fields that its Expand
+// mutates in place, so a struct copy would share (and race on) that state;
+// parsing the same text again is the only way to get an independent one.
+func cloneRun(c *instructions.RunCommand, escape rune) (*instructions.RunCommand, error) {
+	var b strings.Builder
+	if escape != 0 && escape != bkparser.DefaultEscapeToken {
+		fmt.Fprintf(&b, "# escape=%c\n", escape)
+	}
+	b.WriteString(c.String())
+	b.WriteByte('\n')
+	for _, f := range c.Files {
+		b.WriteString(f.Data)
+		b.WriteString(f.Name)
+		b.WriteByte('\n')
+	}
+	res, err := bkparser.Parse(bytes.NewReader([]byte(b.String())))
+	if err != nil {
+		return nil, fmt.Errorf("copy RUN instruction: %w", err)
+	}
+	if len(res.AST.Children) != 1 {
+		return nil, fmt.Errorf("copy RUN instruction: re-parse gave %d instructions", len(res.AST.Children))
+	}
+	node := res.AST.Children[0]
+	node.StartLine, node.EndLine = lines(c.Location())
+	v, err := instructions.ParseInstruction(node)
+	if err != nil {
+		return nil, fmt.Errorf("copy RUN instruction: %w", err)
+	}
+	rc, ok := v.(*instructions.RunCommand)
+	if !ok || !slices.Equal(rc.CmdLine, c.CmdLine) || rc.PrependShell != c.PrependShell ||
+		!slices.Equal(rc.Files, c.Files) || !slices.Equal(rc.FlagsUsed, c.FlagsUsed) {
+		return nil, fmt.Errorf("copy RUN instruction: re-parse of %q differs from the original", c.String())
+	}
+	return rc, nil
+}
