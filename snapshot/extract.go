@@ -1,0 +1,316 @@
+package snapshot
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+
+	securejoin "github.com/cyphar/filepath-securejoin"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	whiteoutPrefix = ".wh."
+	whiteoutMeta   = ".wh..wh."
+	whiteoutOpaque = ".wh..wh..opq"
+	opaqueXattr    = "trusted.overlay.opaque"
+)
+
+// ensure extracts every missing layer of the chain and returns their ids,
+// bottom first.
+func (sn *Snapshotter) ensure(ctx context.Context, layers []Layer) ([]string, error) {
+	ids := make([]string, len(layers))
+	for i, l := range layers {
+		id, err := l.id()
+		if err != nil {
+			return nil, err
+		}
+		if err := sn.extractLayer(ctx, l, id); err != nil {
+			return nil, err
+		}
+		ids[i] = id
+	}
+	return ids, nil
+}
+
+// extractLayer extracts one layer into layers/<id> unless it is there. The
+// per-layer flock keeps concurrent extractors (goroutines or processes)
+// from doing the work twice; the rename makes the result appear whole.
+func (sn *Snapshotter) extractLayer(ctx context.Context, l Layer, id string) error {
+	dst := filepath.Join(sn.layersDir, id)
+	if _, err := os.Lstat(dst); err == nil {
+		return nil
+	}
+	unlock, err := lockPath(ctx, dst+".lock")
+	if err != nil {
+		return fmt.Errorf("extract layer %s: lock: %w", l.Digest, err)
+	}
+	defer unlock()
+	if _, err := os.Lstat(dst); err == nil {
+		return nil // another extractor finished while we waited
+	}
+	tmp, release, err := sn.tempDir("x")
+	if err != nil {
+		return fmt.Errorf("extract layer %s: %w", l.Digest, err)
+	}
+	defer release()
+	rc, err := sn.blobs.OpenBlob(l.Digest)
+	if err != nil {
+		return fmt.Errorf("extract layer %s: %w", l.Digest, err)
+	}
+	defer rc.Close()
+	root := filepath.Join(tmp, "l")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		return fmt.Errorf("extract layer %s: %w", l.Digest, err)
+	}
+	diffID, err := Extract(ctx, rc, root)
+	if err != nil {
+		return fmt.Errorf("extract layer %s: %w", l.Digest, err)
+	}
+	if l.DiffID != "" && diffID != l.DiffID {
+		return fmt.Errorf("extract layer %s: diffID is %s, expected %s", l.Digest, diffID, l.DiffID)
+	}
+	if err := os.Rename(root, dst); err != nil {
+		if _, statErr := os.Lstat(dst); statErr == nil {
+			return nil // someone without our lock (an older minibuild) won
+		}
+		return fmt.Errorf("extract layer %s: %w", l.Digest, err)
+	}
+	return nil
+}
+
+// Decompress returns the uncompressed stream of a layer blob: gzip, zstd or
+// plain tar, detected by magic number.
+func Decompress(r io.Reader) (io.ReadCloser, error) {
+	br := bufio.NewReader(r)
+	magic, _ := br.Peek(4)
+	switch {
+	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, fmt.Errorf("gzip: %w", err)
+		}
+		return zr, nil
+	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		zr, err := zstd.NewReader(br)
+		if err != nil {
+			return nil, fmt.Errorf("zstd: %w", err)
+		}
+		return zr.IOReadCloser(), nil
+	}
+	return io.NopCloser(br), nil
+}
+
+// Extract unpacks a (possibly compressed) layer into the existing dir root
+// in overlay lowerdir form and returns the layer's diffID. Every path,
+// symlink and hard link target is resolved inside root; ownership, modes,
+// mtimes, xattrs, devices and hard links are kept.
+func Extract(ctx context.Context, r io.Reader, root string) (digest.Digest, error) {
+	zr, err := Decompress(r)
+	if err != nil {
+		return "", err
+	}
+	defer zr.Close()
+	dg := digest.Canonical.Digester()
+	tee := io.TeeReader(zr, dg.Hash())
+	if err := extractTar(ctx, tar.NewReader(tee), root); err != nil {
+		return "", err
+	}
+	// The diffID covers the tar's trailing padding too.
+	if _, err := io.Copy(io.Discard, tee); err != nil {
+		return "", fmt.Errorf("read layer: %w", err)
+	}
+	return dg.Digest(), nil
+}
+
+type dirTime struct {
+	path  string
+	mtime time.Time
+}
+
+func extractTar(ctx context.Context, tr *tar.Reader, root string) error {
+	var dirs []dirTime
+	for n := 0; ; n++ {
+		if n%256 == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read tar: %w", err)
+		}
+		if err := extractEntry(root, hdr, tr, &dirs); err != nil {
+			return fmt.Errorf("extract %s: %w", hdr.Name, err)
+		}
+	}
+	// Directory mtimes last (and deepest first): creating children moved them.
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if err := setTimes(dirs[i].path, dirs[i].mtime); err != nil {
+			return fmt.Errorf("set times of %s: %w", dirs[i].path, err)
+		}
+	}
+	return nil
+}
+
+// parentIn resolves the directory part of rel inside root (symlinks
+// followed, but never out of root) and creates it if missing.
+func parentIn(root, rel string) (string, error) {
+	dir := path.Dir(rel)
+	if dir == "." {
+		return root, nil
+	}
+	p, err := securejoin.SecureJoin(root, dir)
+	if err != nil {
+		return "", err
+	}
+	fi, err := os.Lstat(p)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		// Nothing along p is a symlink (SecureJoin resolved them all), so
+		// MkdirAll cannot be led astray.
+		return p, os.MkdirAll(p, 0o755)
+	case err != nil:
+		return "", err
+	case !fi.IsDir():
+		return "", fmt.Errorf("parent %s is not a directory", dir)
+	}
+	return p, nil
+}
+
+func extractEntry(root string, hdr *tar.Header, body io.Reader, dirs *[]dirTime) error {
+	rel := strings.TrimPrefix(path.Clean("/"+hdr.Name), "/") // no ".." can survive
+	switch hdr.Typeflag {
+	case tar.TypeXGlobalHeader, tar.TypeXHeader:
+		return nil
+	}
+	if rel == "" {
+		if hdr.Typeflag == tar.TypeDir {
+			*dirs = append(*dirs, dirTime{root, hdr.ModTime})
+			return applyMeta(root, hdr)
+		}
+		return nil
+	}
+	parent, err := parentIn(root, rel)
+	if err != nil {
+		return err
+	}
+	base := path.Base(rel)
+	if strings.HasPrefix(base, whiteoutPrefix) {
+		switch {
+		case base == whiteoutOpaque:
+			return unix.Lsetxattr(parent, opaqueXattr, []byte("y"), 0)
+		case strings.HasPrefix(base, whiteoutMeta):
+			return nil // aufs metadata; meaningless here
+		}
+		name := strings.TrimPrefix(base, whiteoutPrefix)
+		if name == "" || name == "." || name == ".." {
+			return fmt.Errorf("invalid whiteout name")
+		}
+		target := filepath.Join(parent, name)
+		if err := removeAllForce(target); err != nil {
+			return err
+		}
+		return unix.Mknod(target, unix.S_IFCHR, 0)
+	}
+	target := filepath.Join(parent, base)
+	if fi, err := os.Lstat(target); err == nil && !(fi.IsDir() && hdr.Typeflag == tar.TypeDir) {
+		if err := removeAllForce(target); err != nil {
+			return err
+		}
+	}
+	mode := uint32(hdr.Mode & 0o7777)
+	switch hdr.Typeflag {
+	case tar.TypeDir:
+		if err := os.Mkdir(target, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+		*dirs = append(*dirs, dirTime{target, hdr.ModTime})
+	case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old tars still use '\x00'
+		f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY|unix.O_NOFOLLOW, 0o600)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(f, body)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+	case tar.TypeSymlink:
+		// The target text is kept verbatim; it is only ever resolved
+		// inside a rootfs (by the kernel after pivot_root, or by resolve).
+		if err := os.Symlink(hdr.Linkname, target); err != nil {
+			return err
+		}
+	case tar.TypeLink:
+		lrel := strings.TrimPrefix(path.Clean("/"+hdr.Linkname), "/")
+		if lrel == "" {
+			return fmt.Errorf("hard link to the root")
+		}
+		lparent, err := securejoin.SecureJoin(root, path.Dir(lrel))
+		if err != nil {
+			return err
+		}
+		// link(2) does not follow a final symlink, so this stays in root.
+		if err := os.Link(filepath.Join(lparent, path.Base(lrel)), target); err != nil {
+			return fmt.Errorf("hard link: %w", err)
+		}
+		return nil // the inode's metadata came with its first name
+	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+		typ := map[byte]uint32{tar.TypeChar: unix.S_IFCHR, tar.TypeBlock: unix.S_IFBLK, tar.TypeFifo: unix.S_IFIFO}[hdr.Typeflag]
+		if err := unix.Mknod(target, typ|mode, int(unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor)))); err != nil {
+			return err
+		}
+	default:
+		return nil // e.g. GNU sparse or volume headers: not part of a rootfs
+	}
+	if err := applyMeta(target, hdr); err != nil {
+		return err
+	}
+	if hdr.Typeflag != tar.TypeDir {
+		return setTimes(target, hdr.ModTime)
+	}
+	return nil
+}
+
+// applyMeta sets owner, xattrs and mode (in that order: chown clears the
+// setuid bits).
+func applyMeta(p string, hdr *tar.Header) error {
+	if err := os.Lchown(p, hdr.Uid, hdr.Gid); err != nil {
+		return err
+	}
+	for k, v := range hdr.PAXRecords {
+		name, ok := strings.CutPrefix(k, "SCHILY.xattr.")
+		if !ok || strings.HasPrefix(name, "trusted.overlay.") {
+			continue // overlay's own attributes would change what lower dirs mean
+		}
+		if err := unix.Lsetxattr(p, name, []byte(v), 0); err != nil && !errors.Is(err, unix.ENOTSUP) {
+			return fmt.Errorf("xattr %s: %w", name, err)
+		}
+	}
+	if hdr.Typeflag == tar.TypeSymlink {
+		return nil
+	}
+	return unix.Fchmodat(unix.AT_FDCWD, p, uint32(hdr.Mode&0o7777), 0)
+}
+
+func setTimes(p string, mtime time.Time) error {
+	ts := unix.NsecToTimespec(mtime.UnixNano())
+	return unix.UtimesNanoAt(unix.AT_FDCWD, p, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW)
+}
