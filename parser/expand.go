@@ -210,8 +210,13 @@ func cloneRun(c *instructions.RunCommand, escape rune) (*instructions.RunCommand
 	}
 	rc, ok := v.(*instructions.RunCommand)
 	if !ok || !slices.Equal(rc.CmdLine, c.CmdLine) || rc.PrependShell != c.PrependShell ||
-		!slices.Equal(rc.Files, c.Files) || !slices.Equal(rc.FlagsUsed, c.FlagsUsed) {
+		!slices.Equal(rc.Files, c.Files) || !sameSet(rc.FlagsUsed, c.FlagsUsed) {
 		return nil, fmt.Errorf("copy RUN instruction: re-parse of %q differs from the original", c.String())
 	}
 	return rc, nil
+}
+
+// sameSet compares BuildKit's FlagsUsed, which come out of a map in random order.
+func sameSet(a, b []string) bool {
+	return slices.Equal(slices.Sorted(slices.Values(a)), slices.Sorted(slices.Values(b)))
 }

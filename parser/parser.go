@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"unicode"
 
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
@@ -50,6 +51,11 @@ type Step struct {
 	Line, EndLine int    // first and last source line (heredoc bodies included)
 	Original      string // source text, continuations joined, without heredoc bodies
 	Cmd           instructions.Command
+}
+
+type warning struct {
+	line int
+	text string
 }
 
 // Error is a user-facing Dockerfile error that names the file and line.
@@ -93,7 +99,8 @@ func Parse(r io.Reader, file string) (*Dockerfile, error) {
 		df.Syntax = v
 	}
 
-	lint, err := newLinter(data, df)
+	var warns []warning
+	lint, err := newLinter(data, file, &warns)
 	if err != nil {
 		return nil, &Error{File: file, Line: directiveLine(data, "check"), Msg: err.Error(), Err: err}
 	}
@@ -171,6 +178,11 @@ func Parse(r io.Reader, file string) (*Dockerfile, error) {
 			})
 		}
 		df.Stages = append(df.Stages, s)
+	}
+	// Warnings come from several passes; present them in file order.
+	sort.SliceStable(warns, func(i, j int) bool { return warns[i].line < warns[j].line })
+	for _, w := range warns {
+		df.Warnings = append(df.Warnings, w.text)
 	}
 	return df, nil
 }
@@ -281,8 +293,8 @@ func directiveLine(data []byte, key string) int {
 }
 
 // newLinter builds a BuildKit linter configured by the "# check=" directive
-// whose warnings are collected into df.Warnings.
-func newLinter(data []byte, df *Dockerfile) (*linter.Linter, error) {
+// whose warnings are collected into warns.
+func newLinter(data []byte, file string, warns *[]warning) (*linter.Linter, error) {
 	opts, _, _, _ := bkparser.ParseDirective("check", data)
 	cfg, err := linter.ParseLintOptions(opts)
 	if err != nil {
@@ -290,11 +302,11 @@ func newLinter(data []byte, df *Dockerfile) (*linter.Linter, error) {
 	}
 	cfg.Warn = func(rule, _, _, msg string, loc []bkparser.Range) {
 		start, _ := lines(loc)
+		text := fmt.Sprintf("%s: %s: %s", file, rule, msg)
 		if start > 0 {
-			df.Warnings = append(df.Warnings, fmt.Sprintf("%s:%d: %s: %s", df.File, start, rule, msg))
-		} else {
-			df.Warnings = append(df.Warnings, fmt.Sprintf("%s: %s: %s", df.File, rule, msg))
+			text = fmt.Sprintf("%s:%d: %s: %s", file, start, rule, msg)
 		}
+		*warns = append(*warns, warning{line: start, text: text})
 	}
 	return linter.New(cfg), nil
 }
