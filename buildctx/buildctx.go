@@ -14,6 +14,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -100,6 +101,13 @@ func Open(ctx context.Context, dir string, opts Options) (*Context, error) {
 		now:   time.Now,
 	}
 	c.root = fileFromStat(".", &rst, "")
+	var loaded chan map[string]cacheEntry
+	if opts.StateDir != "" {
+		// load the cache while the walk runs
+		c.statePath = filepath.Join(opts.StateDir, cacheFileName(root))
+		loaded = make(chan map[string]cacheEntry, 1)
+		go func() { loaded <- loadCache(c.statePath) }()
+	}
 	w := walker{c: c, ctx: ctx}
 	if len(patterns) > 0 {
 		pm, err := patternmatcher.New(patterns)
@@ -115,16 +123,18 @@ func Open(ctx context.Context, dir string, opts Options) (*Context, error) {
 			}
 		}
 	}
-	if err := w.walkDir(root, "", patternmatcher.MatchInfo{}, nil); err != nil {
+	if c.files, err = w.walk(root); err != nil {
+		if loaded != nil {
+			<-loaded
+		}
 		return nil, fmt.Errorf("build context %s: %w", dir, err)
 	}
 	slices.SortFunc(c.files, func(a, b *File) int { return strings.Compare(a.Path, b.Path) })
 	for _, f := range c.files {
 		c.index[f.Path] = f
 	}
-	if opts.StateDir != "" {
-		c.statePath = filepath.Join(opts.StateDir, cacheFileName(root))
-		c.old = loadCache(c.statePath)
+	if loaded != nil {
+		c.old = <-loaded
 	}
 	return c, nil
 }
@@ -156,27 +166,52 @@ type walker struct {
 	c                    *Context
 	ctx                  context.Context
 	pm                   *patternmatcher.PatternMatcher
+	pmMu                 sync.Mutex // patternmatcher compiles lazily: not safe concurrently
 	onlyPrefixExceptions bool
+
+	sem     chan struct{} // bounds the extra goroutines listing directories
+	wg      sync.WaitGroup
+	mu      sync.Mutex // guards files, emitted and err
+	files   []*File
+	emitted map[string]bool
+	err     error
+}
+
+// walk lists the tree under root in parallel (a stat is a syscall each;
+// spreading them over the cores is most of a warm build's context cost).
+func (w *walker) walk(root string) ([]*File, error) {
+	w.sem = make(chan struct{}, max(2*runtime.GOMAXPROCS(0), 2))
+	w.emitted = map[string]bool{}
+	w.walkDir(root, "", patternmatcher.MatchInfo{}, nil)
+	w.wg.Wait()
+	return w.files, w.err
+}
+
+func (w *walker) fail(err error) {
+	w.mu.Lock()
+	if w.err == nil {
+		w.err = err
+	}
+	w.mu.Unlock()
+}
+
+func (w *walker) failed() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err != nil
 }
 
 // walkDir lists one directory. pending holds excluded ancestor directories
 // that are emitted only once something beneath them is included (as
 // BuildKit's fsutil does), so an exception never produces an orphan.
-func (w *walker) walkDir(abs, rel string, info patternmatcher.MatchInfo, pending []*File) error {
+func (w *walker) walkDir(abs, rel string, info patternmatcher.MatchInfo, pending []*File) {
 	if err := w.ctx.Err(); err != nil {
-		return err
+		w.fail(err)
+		return
 	}
-	d, err := os.Open(abs)
-	if err != nil {
-		return err
+	if w.failed() {
+		return
 	}
-	names, err := d.Readdirnames(-1)
-	if err != nil {
-		d.Close()
-		return err
-	}
-	fd := int(d.Fd())
-	slices.Sort(names)
 	type sub struct {
 		name string
 		f    *File
@@ -184,70 +219,99 @@ func (w *walker) walkDir(abs, rel string, info patternmatcher.MatchInfo, pending
 		pend []*File
 	}
 	var subs []sub
-	for _, name := range names {
-		p := name
-		if rel != "" {
-			p = rel + "/" + name
-		}
-		var st unix.Stat_t
-		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			if errors.Is(err, unix.ENOENT) {
-				continue // vanished during the walk
-			}
-			d.Close()
-			return fmt.Errorf("lstat %s: %w", p, err)
-		}
-		isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
-		var minfo patternmatcher.MatchInfo
-		excluded := false
-		if w.pm != nil {
-			m, mi, err := w.pm.MatchesUsingParentResults(p, info)
-			if err != nil {
-				d.Close()
-				return fmt.Errorf("match .dockerignore for %s: %w", p, err)
-			}
-			minfo, excluded = mi, m
-		}
-		var link string
-		if st.Mode&unix.S_IFMT == unix.S_IFLNK {
-			if link, err = readlinkat(fd, name); err != nil {
-				d.Close()
-				return fmt.Errorf("readlink %s: %w", p, err)
-			}
-		}
-		f := fileFromStat(p, &st, link)
-		if excluded {
-			if !isDir {
-				continue
-			}
-			if w.onlyPrefixExceptions {
-				if !w.exceptionUnder(p) {
-					continue // nothing inside can be re-included
-				}
-				// an exception names a path inside: keep the dir itself
-				excluded = false
-			}
-		}
-		if !excluded {
-			w.emit(pending)
-			pending = pending[:0:0]
-			w.c.files = append(w.c.files, f)
-		}
-		if isDir {
-			var pend []*File
-			if excluded {
-				pend = append(slices.Clip(pending), f)
-			}
-			subs = append(subs, sub{name: name, f: f, info: minfo, pend: pend})
-		}
-	}
-	d.Close()
-	for _, s := range subs {
-		if err := w.walkDir(filepath.Join(abs, s.name), s.f.Path, s.info, s.pend); err != nil {
+	var local []*File
+	err := func() error {
+		d, err := os.Open(abs)
+		if err != nil {
 			return err
 		}
+		defer d.Close()
+		names, err := d.Readdirnames(-1)
+		if err != nil {
+			return err
+		}
+		fd := int(d.Fd())
+		for _, name := range names {
+			p := name
+			if rel != "" {
+				p = rel + "/" + name
+			}
+			var st unix.Stat_t
+			if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				if errors.Is(err, unix.ENOENT) {
+					continue // vanished during the walk
+				}
+				return fmt.Errorf("lstat %s: %w", p, err)
+			}
+			isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
+			var minfo patternmatcher.MatchInfo
+			excluded := false
+			if w.pm != nil {
+				w.pmMu.Lock()
+				m, mi, err := w.pm.MatchesUsingParentResults(p, info)
+				w.pmMu.Unlock()
+				if err != nil {
+					return fmt.Errorf("match .dockerignore for %s: %w", p, err)
+				}
+				minfo, excluded = mi, m
+			}
+			var link string
+			if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+				if link, err = readlinkat(fd, name); err != nil {
+					return fmt.Errorf("readlink %s: %w", p, err)
+				}
+			}
+			f := fileFromStat(p, &st, link)
+			if excluded {
+				if !isDir {
+					continue
+				}
+				if w.onlyPrefixExceptions {
+					if !w.exceptionUnder(p) {
+						continue // nothing inside can be re-included
+					}
+					// an exception names a path inside: keep the dir itself
+					excluded = false
+				}
+			}
+			if !excluded {
+				if len(pending) > 0 {
+					w.emit(pending)
+					pending = nil
+				}
+				local = append(local, f)
+			}
+			if isDir {
+				var pend []*File
+				if excluded {
+					pend = append(slices.Clip(pending), f)
+				}
+				subs = append(subs, sub{name: name, f: f, info: minfo, pend: pend})
+			}
+		}
+		return nil
+	}()
+	if err != nil {
+		w.fail(err)
+		return
 	}
-	return nil
+	w.mu.Lock()
+	w.files = append(w.files, local...)
+	w.mu.Unlock()
+	for _, s := range subs {
+		subAbs := filepath.Join(abs, s.name)
+		select {
+		case w.sem <- struct{}{}:
+			w.wg.Add(1)
+			go func() {
+				defer w.wg.Done()
+				defer func() { <-w.sem }()
+				w.walkDir(subAbs, s.f.Path, s.info, s.pend)
+			}()
+		default:
+			w.walkDir(subAbs, s.f.Path, s.info, s.pend)
+		}
+	}
 }
 
 // exceptionUnder reports whether some "!" pattern names a path inside dir.
@@ -266,12 +330,14 @@ func (w *walker) exceptionUnder(dir string) bool {
 
 // emit adds excluded ancestors that turn out to contain included entries.
 func (w *walker) emit(pending []*File) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	for _, f := range pending {
-		if _, seen := w.c.index[f.Path]; seen {
+		if w.emitted[f.Path] {
 			continue
 		}
-		w.c.index[f.Path] = f
-		w.c.files = append(w.c.files, f)
+		w.emitted[f.Path] = true
+		w.files = append(w.files, f)
 	}
 }
 

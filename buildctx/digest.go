@@ -102,9 +102,7 @@ func (c *Context) DigestAll(ctx context.Context, files []*File) error {
 			continue
 		}
 		if e, ok := c.old[f.Path]; ok && e.trusted(f) {
-			if _, err := c.Digest(f); err != nil {
-				return err
-			}
+			f.state.once.Do(func() { f.state.dg = digest.NewDigestFromBytes(digest.SHA256, e.sum[:]) })
 			continue
 		}
 		misses = append(misses, f)
@@ -155,23 +153,34 @@ func (c *Context) Close() error {
 	if c.statePath == "" {
 		return nil
 	}
+	kept, dirty := 0, false
+	for _, f := range c.files {
+		if f.state == nil {
+			continue
+		}
+		if f.state.computed != nil {
+			dirty = true
+			break
+		}
+		if e, ok := c.old[f.Path]; ok && e.matches(f) {
+			kept++
+		}
+	}
+	if !dirty && kept == len(c.old) {
+		return nil // nothing learned, nothing dropped
+	}
 	next := make(map[string]cacheEntry, len(c.old))
-	dirty := false
 	for _, f := range c.files {
 		if f.state == nil {
 			continue
 		}
 		if e := f.state.computed; e != nil {
 			next[f.Path] = *e
-			dirty = true
 			continue
 		}
 		if e, ok := c.old[f.Path]; ok && e.matches(f) {
 			next[f.Path] = e
 		}
-	}
-	if !dirty && len(next) == len(c.old) {
-		return nil
 	}
 	if err := saveCache(c.statePath, next); err != nil {
 		return fmt.Errorf("save stat cache: %w", err)
