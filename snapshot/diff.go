@@ -132,7 +132,7 @@ func (d *differ) entry(rel string) error {
 		if st.Nlink > 1 {
 			key := inodeKey{uint64(st.Dev), st.Ino}
 			if first, ok := d.links[key]; ok {
-				hdr.Typeflag, hdr.Linkname, hdr.Size = tar.TypeLink, first, 0
+				hdr.Typeflag, hdr.Linkname, hdr.Size, hdr.PAXRecords = tar.TypeLink, first, 0, nil
 				return d.emit(hdr, nil)
 			}
 			d.links[key] = rel

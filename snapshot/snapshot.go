@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"syscall"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -205,7 +207,7 @@ func (s *Snapshot) createStubs(ids []string) error {
 			_, fi, err := c.resolve(parent, false)
 			switch {
 			case err == nil && fi.IsDir():
-				st := fi.Sys().(*unix.Stat_t)
+				st := fi.Sys().(*syscall.Stat_t)
 				meta = dirMeta{mode: st.Mode & 0o7777, uid: st.Uid, gid: st.Gid}
 				mtime = fi.ModTime()
 			case err == nil || !errors.Is(err, fs.ErrNotExist):
