@@ -1,0 +1,581 @@
+// Package copier implements COPY/ADD semantics from the build context into
+// a layer. Sources resolve strictly inside the context (symlinks included);
+// a Plan lists every entry exactly as it will land, so its Key is a digest
+// of content and metadata only, and Write emits those same entries.
+package copier
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/minibuild/minibuild/buildctx"
+	"github.com/minibuild/minibuild/layer"
+	"github.com/opencontainers/go-digest"
+)
+
+// ErrNotFound is wrapped by the error for a source that matches nothing.
+var ErrNotFound = errors.New("not found")
+
+// keyVersion versions the Key encoding: changing it invalidates every key.
+const keyVersion = "minibuild/copier/v1"
+
+// Owner is a resolved --chown.
+type Owner struct{ UID, GID int }
+
+// Heredoc is an inline source (COPY <<EOF /f).
+type Heredoc struct {
+	Name, Data string
+	Chmod      *fs.FileMode
+}
+
+// Request is one COPY or ADD, variables already expanded.
+type Request struct {
+	Sources  []string
+	Dest     string
+	Workdir  string // "" = "/"
+	Chown    *Owner
+	Chmod    *fs.FileMode
+	Add      bool
+	Checksum digest.Digest // ADD --checksum, for http(s) sources
+	Heredocs []Heredoc
+	// DestInfo stats a path in the image (symlinks resolved in the
+	// rootfs); it returns an error wrapping os.ErrNotExist when absent.
+	// nil means an empty image.
+	DestInfo   func(path string) (fs.FileInfo, error)
+	HTTPClient *http.Client
+}
+
+type srcKind int
+
+const (
+	srcNone    srcKind = iota // directories, symlinks, links: no body
+	srcContext                // a context file
+	srcData                   // heredoc bytes
+	srcTemp                   // a downloaded file
+	srcArchive                // a member of a local tar archive (ADD)
+)
+
+// entry is one tar entry as it will land.
+type entry struct {
+	path     string // relative to /, no leading slash
+	typ      byte
+	mode     int64
+	uid, gid int
+	size     int64
+	sum      digest.Digest
+	link     string
+	mtime    time.Time
+
+	kind    srcKind
+	file    *buildctx.File
+	data    []byte
+	temp    *os.File
+	arch    *archiveSrc
+	member  string // path inside the archive, as planned
+	created bool   // a parent directory COPY creates
+}
+
+// Planned is a resolved COPY/ADD. (The contract's "*copier.Plan": a Go
+// type cannot share the name of the function Plan.)
+type Planned struct {
+	c       *buildctx.Context
+	entries []*entry
+	temps   []*os.File
+	key     digest.Digest
+}
+
+// Key digests every entry as it will land (path, type, mode, owner, content
+// sha256, link target) in order; never mtimes or host paths.
+func (p *Planned) Key() digest.Digest { return p.key }
+
+// Files is the number of entries Write emits.
+func (p *Planned) Files() int { return len(p.entries) }
+
+// Close releases downloaded files. A Plan whose Write was not called (a
+// cache hit) should still be closed.
+func (p *Planned) Close() error {
+	var first error
+	for _, f := range p.temps {
+		if err := f.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	p.temps = nil
+	return first
+}
+
+// item is one resolved source before it is expanded into entries.
+type item struct {
+	name string // base name used inside a directory destination
+	file *buildctx.File
+	dir  string // context path whose contents are copied (file is a dir)
+	url  string
+	doc  *Heredoc
+	arch bool // ADD: a local archive to extract
+}
+
+// Plan resolves req against the context c. The caller should Close the
+// result (it may hold downloaded files).
+func Plan(ctx context.Context, c *buildctx.Context, req Request) (*Planned, error) {
+	p := &Planned{c: c}
+	if err := p.plan(ctx, req); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *Planned) plan(ctx context.Context, req Request) error {
+	if len(req.Sources)+len(req.Heredocs) == 0 {
+		return errors.New("copy: no source")
+	}
+	workdir := req.Workdir
+	if workdir == "" {
+		workdir = "/"
+	}
+	dest := req.Dest
+	if !path.IsAbs(dest) {
+		dest = path.Join("/", workdir, dest)
+	}
+	dest = path.Clean(dest)
+	destIsDir := strings.HasSuffix(req.Dest, "/") || req.Dest == "." || strings.HasSuffix(req.Dest, "/.") ||
+		len(req.Sources)+len(req.Heredocs) > 1 || dest == "/"
+
+	var items []item
+	hasHTTP := false
+	for _, src := range req.Sources {
+		if isURL(src) {
+			if !req.Add {
+				return fmt.Errorf("source can't be a URL for COPY: %s", src)
+			}
+			hasHTTP = true
+			items = append(items, item{url: src})
+			continue
+		}
+		got, glob, err := p.resolve(src)
+		if err != nil {
+			return err
+		}
+		if glob {
+			destIsDir = true
+		}
+		for _, it := range got {
+			if it.dir != "" || it.file.Mode.IsDir() {
+				destIsDir = true
+			} else if req.Add && it.file.Mode.IsRegular() {
+				isArch, err := p.isArchive(ctx, it.file)
+				if err != nil {
+					return err
+				}
+				if isArch {
+					it.arch = true
+					destIsDir = true
+				}
+			}
+			items = append(items, it)
+		}
+	}
+	if req.Checksum != "" && (!hasHTTP || len(req.Sources) != 1) {
+		return errors.New("checksum can't be specified for non-HTTP(S) sources")
+	}
+	for i := range req.Heredocs {
+		items = append(items, item{name: req.Heredocs[i].Name, doc: &req.Heredocs[i]})
+	}
+	stat := newStatter(req.DestInfo)
+	if !destIsDir {
+		fi, err := stat.info(dest)
+		if err != nil {
+			return err
+		}
+		destIsDir = fi != nil && fi.IsDir()
+	}
+
+	byPath := map[string]*entry{}
+	put := func(e *entry) {
+		if e.path != "" { // never the image root itself
+			byPath[e.path] = e
+		}
+	}
+	target := func(name string) string {
+		if destIsDir {
+			return rel(path.Join(dest, name))
+		}
+		return rel(dest)
+	}
+	for _, it := range items {
+		switch {
+		case it.url != "":
+			e, err := p.download(ctx, req, it.url, dest, destIsDir)
+			if err != nil {
+				return err
+			}
+			put(e)
+		case it.doc != nil:
+			mode := int64(0o644)
+			if it.doc.Chmod != nil {
+				mode = tarMode(*it.doc.Chmod)
+			} else if req.Chmod != nil {
+				mode = tarMode(*req.Chmod)
+			}
+			put(&entry{path: target(it.doc.Name), typ: tar.TypeReg, mode: mode, size: int64(len(it.doc.Data)),
+				sum: digest.FromString(it.doc.Data), kind: srcData, data: []byte(it.doc.Data), mtime: time.Unix(0, 0)})
+		case it.arch:
+			es, err := p.planArchive(ctx, it.file, dest, req.Chown)
+			if err != nil {
+				return err
+			}
+			for _, e := range es {
+				put(e)
+			}
+		case it.dir != "" || it.file.Mode.IsDir():
+			for _, f := range under(p.c, it.dir) {
+				put(contextEntry(f, rel(path.Join(dest, strings.TrimPrefix(f.Path, prefixOf(it.dir)))), req))
+			}
+		default:
+			put(contextEntry(it.file, target(it.name), req))
+		}
+	}
+
+	entries := make([]*entry, 0, len(byPath)+4)
+	for _, e := range byPath {
+		entries = append(entries, e)
+	}
+	sortEntries(entries)
+	if err := linkHardLinks(entries); err != nil {
+		return err
+	}
+
+	// parents (and a directory destination) that the image lacks
+	owner := Owner{}
+	if req.Chown != nil {
+		owner = *req.Chown
+	}
+	var created []*entry
+	need := func(dir string) error {
+		if dir == "" || byPath[dir] != nil {
+			return nil
+		}
+		fi, err := stat.info("/" + dir)
+		if err != nil {
+			return err
+		}
+		if fi != nil {
+			if !fi.IsDir() {
+				return fmt.Errorf("cannot copy to %s: /%s is not a directory", dest, dir)
+			}
+			return nil
+		}
+		e := &entry{path: dir, typ: tar.TypeDir, mode: 0o755, uid: owner.UID, gid: owner.GID, mtime: time.Unix(0, 0), created: true}
+		byPath[dir] = e
+		created = append(created, e)
+		return nil
+	}
+	if destIsDir {
+		for _, d := range ancestors(rel(dest), true) {
+			if err := need(d); err != nil {
+				return err
+			}
+		}
+	}
+	for _, e := range entries {
+		for _, d := range ancestors(e.path, false) {
+			if err := need(d); err != nil {
+				return err
+			}
+		}
+	}
+	entries = append(entries, created...)
+	sortEntries(entries)
+	p.entries = entries
+
+	var files []*buildctx.File
+	for _, e := range entries {
+		if e.kind == srcContext {
+			files = append(files, e.file)
+		}
+	}
+	if err := p.c.DigestAll(ctx, files); err != nil {
+		return fmt.Errorf("failed to compute cache key: %w", err)
+	}
+	for _, e := range entries {
+		if e.kind == srcContext {
+			d, err := p.c.Digest(e.file)
+			if err != nil {
+				return fmt.Errorf("failed to compute cache key: %w", err)
+			}
+			e.sum = d
+		}
+	}
+	p.key = computeKey(entries)
+	return nil
+}
+
+// sortEntries orders entries by path component by component, so a
+// directory always precedes its children ("a/b" before "a-c" is not
+// required, but "a" before "a/b" is).
+func sortEntries(es []*entry) {
+	slices.SortFunc(es, func(a, b *entry) int { return comparePaths(a.path, b.path) })
+}
+
+// comparePaths compares slash paths with "/" sorting before every other
+// byte, which keeps each directory's subtree contiguous after it.
+func comparePaths(a, b string) int {
+	for i := 0; i < len(a) && i < len(b); i++ {
+		ca, cb := a[i], b[i]
+		if ca == cb {
+			continue
+		}
+		if ca == '/' {
+			return -1
+		}
+		if cb == '/' {
+			return 1
+		}
+		return int(ca) - int(cb)
+	}
+	return len(a) - len(b)
+}
+
+// linkHardLinks turns every group of entries sharing one content identity
+// (a context inode, or an archive's hard-link target) into one regular file
+// — the first in order — and hard links to it.
+func linkHardLinks(es []*entry) error {
+	byPath := map[string]*entry{}
+	for _, e := range es {
+		byPath[e.path] = e
+	}
+	type ident struct {
+		dev, ino uint64
+		arch     *archiveSrc
+		member   string
+	}
+	first := map[ident]*entry{}
+	for _, e := range es {
+		var id ident
+		switch {
+		case e.kind == srcContext && e.typ == tar.TypeReg && e.file.Nlink > 1:
+			id = ident{dev: e.file.Dev, ino: e.file.Ino}
+		case e.kind == srcArchive && e.typ == tar.TypeReg:
+			id = ident{arch: e.arch, member: e.member}
+		case e.typ == tar.TypeLink && e.arch != nil:
+			t := byPath[e.link]
+			for n := 0; t != nil && t.typ == tar.TypeLink && n < 64; n++ {
+				t = byPath[t.link]
+			}
+			if t == nil || t.kind != srcArchive || t.typ != tar.TypeReg {
+				return fmt.Errorf("archive hard link /%s: target /%s is not a file extracted with it", e.path, e.link)
+			}
+			id = ident{arch: t.arch, member: t.member}
+			if first[id] == nil {
+				// the link sorts before its target: it carries the content
+				e.typ, e.kind, e.member, e.size, e.sum, e.link = tar.TypeReg, srcArchive, t.member, t.size, t.sum, ""
+			}
+		default:
+			continue
+		}
+		if f := first[id]; f != nil {
+			e.typ, e.link, e.kind, e.size, e.sum = tar.TypeLink, f.path, srcNone, 0, ""
+			continue
+		}
+		first[id] = e
+	}
+	return nil
+}
+
+// contextEntry maps a context file to the entry it lands as: owner is
+// the --chown owner or root (context ownership is not kept, as docker).
+func contextEntry(f *buildctx.File, dst string, req Request) *entry {
+	e := &entry{path: dst, mode: tarMode(f.Mode), mtime: f.ModTime, file: f}
+	if req.Chown != nil {
+		e.uid, e.gid = req.Chown.UID, req.Chown.GID
+	}
+	switch {
+	case f.Mode.IsRegular():
+		e.typ, e.size, e.kind = tar.TypeReg, f.Size, srcContext
+	case f.Mode.IsDir():
+		e.typ = tar.TypeDir
+	case f.Mode&fs.ModeSymlink != 0:
+		e.typ, e.link, e.mode = tar.TypeSymlink, f.Link, 0o777
+		return e
+	default:
+		return &entry{} // sockets, fifos, devices are not copied (dropped by put)
+	}
+	if req.Chmod != nil {
+		e.mode = tarMode(*req.Chmod)
+	}
+	return e
+}
+
+// tarMode converts permission and special bits; a raw octal (0o4755 given
+// as a plain number) is honoured too.
+func tarMode(m fs.FileMode) int64 {
+	v := int64(m & 0o7777)
+	if m&fs.ModeSetuid != 0 {
+		v |= 0o4000
+	}
+	if m&fs.ModeSetgid != 0 {
+		v |= 0o2000
+	}
+	if m&fs.ModeSticky != 0 {
+		v |= 0o1000
+	}
+	return v
+}
+
+// computeKey hashes a versioned, length-prefixed encoding of the entries.
+func computeKey(es []*entry) digest.Digest {
+	h := sha256.New()
+	var buf []byte
+	field := func(s string) {
+		buf = binary.AppendUvarint(buf[:0], uint64(len(s)))
+		h.Write(buf)
+		io.WriteString(h, s)
+	}
+	field(keyVersion)
+	field(strconv.Itoa(len(es)))
+	for _, e := range es {
+		field(e.path)
+		field(string(e.typ))
+		field(strconv.FormatInt(e.mode, 8))
+		field(strconv.Itoa(e.uid))
+		field(strconv.Itoa(e.gid))
+		field(string(e.sum))
+		field(e.link)
+	}
+	return digest.NewDigest(digest.SHA256, h)
+}
+
+func rel(abs string) string { return strings.TrimPrefix(path.Clean("/"+abs), "/") }
+
+func prefixOf(dir string) string {
+	if dir == "" {
+		return ""
+	}
+	return dir + "/"
+}
+
+// under lists the context entries strictly inside dir ("" = the root).
+func under(c *buildctx.Context, dir string) []*buildctx.File {
+	files := c.Files()
+	if dir == "" {
+		return files
+	}
+	pre := dir + "/"
+	i, _ := slices.BinarySearchFunc(files, pre, func(f *buildctx.File, t string) int { return strings.Compare(f.Path, t) })
+	j := i
+	for j < len(files) && strings.HasPrefix(files[j].Path, pre) {
+		j++
+	}
+	return files[i:j]
+}
+
+// ancestors lists p's parent directories from the top; with self, p too.
+func ancestors(p string, self bool) []string {
+	var out []string
+	for i := 0; i < len(p); i++ {
+		if p[i] == '/' {
+			out = append(out, p[:i])
+		}
+	}
+	if self && p != "" {
+		out = append(out, p)
+	}
+	return out
+}
+
+// statter memoizes DestInfo; nil info means absent.
+type statter struct {
+	fn   func(string) (fs.FileInfo, error)
+	seen map[string]fs.FileInfo
+}
+
+func newStatter(fn func(string) (fs.FileInfo, error)) *statter {
+	return &statter{fn: fn, seen: map[string]fs.FileInfo{}}
+}
+
+func (s *statter) info(p string) (fs.FileInfo, error) {
+	if s.fn == nil {
+		return nil, nil
+	}
+	if fi, ok := s.seen[p]; ok {
+		return fi, nil
+	}
+	fi, err := s.fn(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		fi, err = nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("stat %s in the image: %w", p, err)
+	}
+	s.seen[p] = fi
+	return fi, nil
+}
+
+// Write emits the planned entries, parents before children.
+func (p *Planned) Write(w *layer.Writer) error {
+	sp, err := p.spool()
+	if err != nil {
+		return err
+	}
+	defer sp.close()
+	for _, e := range p.entries {
+		name := e.path
+		if e.typ == tar.TypeDir {
+			name += "/"
+		}
+		hdr := &tar.Header{Name: name, Typeflag: e.typ, Mode: e.mode, Uid: e.uid, Gid: e.gid, ModTime: e.mtime}
+		var body io.Reader
+		switch e.typ {
+		case tar.TypeSymlink:
+			hdr.Linkname = e.link
+		case tar.TypeLink:
+			hdr.Linkname = e.link
+		case tar.TypeReg:
+			hdr.Size = e.size
+		}
+		var closer io.Closer
+		switch e.kind {
+		case srcContext:
+			f, err := p.c.Open(e.file)
+			if err != nil {
+				return err
+			}
+			body, closer = f, f
+		case srcData:
+			body = strings.NewReader(string(e.data))
+		case srcTemp:
+			body = io.NewSectionReader(e.temp, 0, e.size)
+		case srcArchive:
+			r, err := sp.open(e)
+			if err != nil {
+				return err
+			}
+			body = r
+		}
+		err := w.Add(hdr, body)
+		if closer != nil {
+			closer.Close()
+		}
+		if err != nil {
+			return fmt.Errorf("copy %s: %w", e.path, err)
+		}
+	}
+	return nil
+}
+
+func isURL(s string) bool {
+	return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://")
+}
