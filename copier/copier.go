@@ -382,6 +382,7 @@ func linkHardLinks(es []*entry) error {
 			if first[id] == nil {
 				// the link sorts before its target: it carries the content
 				e.typ, e.kind, e.member, e.size, e.sum, e.link = tar.TypeReg, srcArchive, t.member, t.size, t.sum, ""
+				e.mode, e.uid, e.gid, e.mtime = t.mode, t.uid, t.gid, t.mtime // the inode's metadata
 			}
 		default:
 			continue
