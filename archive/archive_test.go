@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"sort"
 	"strings"
 	"testing"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/minibuild/minibuild/store"
 )
 
 // testImage is a random image with a linux/amd64 config, as tools expect.
@@ -240,6 +242,7 @@ func TestDockerRoundTrip(t *testing.T) {
 			t.Fatalf("image with config %s missing", configOf(t, tc.img))
 		}
 		gotTags := append([]string(nil), got.Tags...)
+		sort.Strings(gotTags) // go-containerregistry writes RepoTags in map order
 		if strings.Join(gotTags, ",") != strings.Join(tc.tags, ",") {
 			t.Errorf("tags %q, want %q", gotTags, tc.tags)
 		}
@@ -348,6 +351,17 @@ func TestSkopeoAndUmoci(t *testing.T) {
 			}
 		}
 	})
+	t.Run("docker", func(t *testing.T) {
+		needTool(t, "docker")
+		if err := exec.Command("docker", "info").Run(); err != nil {
+			t.Skip("no docker daemon")
+		}
+		out := run(t, "docker", "load", "-i", docker)
+		if !strings.Contains(out, "myapp:1.1") {
+			t.Errorf("docker load: %s", out)
+		}
+		exec.Command("docker", "rmi", "myapp:1.1").Run()
+	})
 	t.Run("umoci", func(t *testing.T) {
 		needTool(t, "umoci")
 		layoutDir := filepath.Join(dir, "layout")
@@ -362,4 +376,44 @@ func TestSkopeoAndUmoci(t *testing.T) {
 			t.Error("empty rootfs")
 		}
 	})
+}
+
+// TestStoreBackedExport exports images read from the store, the way
+// `minibuild build -o type=oci|docker` does.
+func TestStoreBackedExport(t *testing.T) {
+	s, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, err := s.WriteImage(testImage(t, 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := s.Image(md.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for _, f := range []struct {
+		name  string
+		write func(io.Writer, []Named) error
+	}{{"docker.tar", WriteDocker}, {"oci.tar", WriteOCI}} {
+		p := filepath.Join(dir, f.name)
+		writeTestFile(t, p, func(w io.Writer) error { return f.write(w, []Named{{Image: img, Tags: []string{"app:1"}}}) })
+		out, err := Read(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(out) != 1 || configOf(t, out[0].Image) != configOf(t, img) {
+			t.Fatalf("%s: read back %+v", f.name, out)
+		}
+		if !reflect.DeepEqual(layerBytes(t, img), layerBytes(t, out[0].Image)) {
+			t.Fatalf("%s: layers differ", f.name)
+		}
+		// And into a second store: the archive image is a valid source.
+		s2, _ := store.Open(t.TempDir())
+		if _, err := s2.WriteImage(out[0].Image); err != nil {
+			t.Fatalf("%s: store the imported image: %v", f.name, err)
+		}
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -229,6 +230,24 @@ type blobImage struct {
 	raw []byte
 	m   *v1.Manifest
 	mt  types.MediaType
+
+	diffIDsOnce sync.Once
+	diffIDs     []v1.Hash // from the config, read once
+}
+
+// configDiffIDs reads the diffIDs from the config so that a layer's DiffID
+// never needs a decompression. Unreadable config = no diffIDs.
+func (i *blobImage) configDiffIDs() []v1.Hash {
+	i.diffIDsOnce.Do(func() {
+		raw, err := i.RawConfigFile()
+		if err != nil {
+			return
+		}
+		if cfg, err := v1.ParseConfigFile(bytes.NewReader(raw)); err == nil {
+			i.diffIDs = cfg.RootFS.DiffIDs
+		}
+	})
+	return i.diffIDs
 }
 
 func (i *blobImage) MediaType() (types.MediaType, error) { return i.mt, nil }
@@ -247,11 +266,8 @@ func (i *blobImage) LayerByDigest(h v1.Hash) (partial.CompressedLayer, error) {
 			continue
 		}
 		bl := &blobLayer{s: i.s, desc: l}
-		// The diffID comes from the config so it never needs a decompression.
-		if raw, err := i.RawConfigFile(); err == nil {
-			if cfg, err := v1.ParseConfigFile(bytes.NewReader(raw)); err == nil && n < len(cfg.RootFS.DiffIDs) {
-				bl.diffID = cfg.RootFS.DiffIDs[n]
-			}
+		if ids := i.configDiffIDs(); n < len(ids) {
+			bl.diffID = ids[n]
 		}
 		return bl, nil
 	}
