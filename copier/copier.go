@@ -580,3 +580,21 @@ func (p *Planned) Write(w *layer.Writer) error {
 func isURL(s string) bool {
 	return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://")
 }
+
+// Inputs names what the plan reads — context paths, or the destination of
+// heredocs, downloads and archive members — each with a digest of how it
+// lands, so that a cache miss can say which file changed.
+func (p *Planned) Inputs() map[string]string {
+	m := make(map[string]string, len(p.entries))
+	for _, e := range p.entries {
+		if e.created {
+			continue
+		}
+		name := "/" + e.path
+		if e.kind == srcContext && e.file != nil {
+			name = e.file.Path
+		}
+		m[name] = computeKey([]*entry{e}).String()
+	}
+	return m
+}

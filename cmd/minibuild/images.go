@@ -1,0 +1,318 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/minibuild/minibuild/archive"
+	"github.com/minibuild/minibuild/store"
+)
+
+func openStore(g *globalOptions) (*store.Store, error) { return store.Open(g.root) }
+
+func newImagesCommand(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "images",
+		Short: "List the images in the local store",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := openStore(g)
+			if err != nil {
+				return err
+			}
+			infos, err := st.Images()
+			if err != nil {
+				return err
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 3, ' ', 0)
+			fmt.Fprintln(w, "REPOSITORY\tTAG\tIMAGE ID\tCREATED\tSIZE")
+			for _, in := range infos {
+				tags := in.Tags
+				if len(tags) == 0 {
+					tags = []string{"<none>:<none>"}
+				}
+				for _, t := range tags {
+					repo, tag := splitTag(t)
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", repo, tag, shortKey(in.ID.String()), in.Created.Format(time.RFC3339), humanSize(in.Size))
+				}
+			}
+			return w.Flush()
+		},
+	}
+}
+
+// splitTag splits "repo:tag" at the tag's colon (not a registry port's).
+func splitTag(t string) (string, string) {
+	i := strings.LastIndex(t, ":")
+	if i < 0 || strings.Contains(t[i:], "/") {
+		return t, "<none>"
+	}
+	return t[:i], t[i+1:]
+}
+
+func humanSize(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.2fGB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.2fMB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.2fkB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%dB", n)
+}
+
+func newInspectCommand(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "inspect IMAGE",
+		Short: "Print an image's id, digest, manifest and config as JSON",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := openStore(g)
+			if err != nil {
+				return err
+			}
+			img, err := st.Image(args[0])
+			if err != nil {
+				return err
+			}
+			id, err := img.ConfigName()
+			if err != nil {
+				return err
+			}
+			dg, err := img.Digest()
+			if err != nil {
+				return err
+			}
+			m, err := img.Manifest()
+			if err != nil {
+				return err
+			}
+			cf, err := img.ConfigFile()
+			if err != nil {
+				return err
+			}
+			var tags []string
+			if infos, err := st.Images(); err == nil {
+				for _, in := range infos {
+					if in.Digest == dg {
+						tags = in.Tags
+					}
+				}
+			}
+			out := struct {
+				ID       string      `json:"Id"`
+				Digest   string      `json:"Digest"`
+				RepoTags []string    `json:"RepoTags"`
+				Manifest interface{} `json:"Manifest"`
+				Config   interface{} `json:"Config"`
+			}{id.String(), dg.String(), tags, m, cf}
+			enc := json.NewEncoder(cmd.OutOrStdout())
+			enc.SetIndent("", "  ")
+			return enc.Encode(out)
+		},
+	}
+}
+
+func newHistoryCommand(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "history IMAGE",
+		Short: "Show an image's history, newest first",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := openStore(g)
+			if err != nil {
+				return err
+			}
+			img, err := st.Image(args[0])
+			if err != nil {
+				return err
+			}
+			cf, err := img.ConfigFile()
+			if err != nil {
+				return err
+			}
+			m, err := img.Manifest()
+			if err != nil {
+				return err
+			}
+			// Pair history entries with layers: every non-empty entry owns
+			// the next layer.
+			sizes := make([]string, len(cf.History))
+			li := 0
+			for i, h := range cf.History {
+				sizes[i] = "0B"
+				if !h.EmptyLayer && li < len(m.Layers) {
+					sizes[i] = humanSize(m.Layers[li].Size)
+					li++
+				}
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 3, ' ', 0)
+			fmt.Fprintln(w, "CREATED\tCREATED BY\tSIZE\tCOMMENT")
+			for i := len(cf.History) - 1; i >= 0; i-- {
+				h := cf.History[i]
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", h.Created.Format(time.RFC3339), oneLine(h.CreatedBy), sizes[i], h.Comment)
+			}
+			return w.Flush()
+		},
+	}
+}
+
+func newTagCommand(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "tag SOURCE TARGET",
+		Short: "Give an image another name",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := openStore(g)
+			if err != nil {
+				return err
+			}
+			img, err := st.Image(args[0])
+			if err != nil {
+				return err
+			}
+			dg, err := img.Digest()
+			if err != nil {
+				return err
+			}
+			return st.Tag(args[1], dg)
+		},
+	}
+}
+
+func newRmiCommand(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "rmi IMAGE...",
+		Short: "Remove image tags (blobs stay until garbage collection)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := openStore(g)
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, ref := range args {
+				if err := st.Untag(ref); err != nil {
+					errs = append(errs, fmt.Errorf("rmi %s: %w", ref, err))
+					continue
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "Untagged: %s\n", ref)
+			}
+			return errors.Join(errs...)
+		},
+	}
+}
+
+func newSaveCommand(g *globalOptions) *cobra.Command {
+	var out string
+	cmd := &cobra.Command{
+		Use:   "save -o FILE.tar IMAGE...",
+		Short: "Write images as a docker-archive tar (readable by docker load)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if out == "" {
+				return fmt.Errorf("save: -o FILE is required")
+			}
+			st, err := openStore(g)
+			if err != nil {
+				return err
+			}
+			var named []archive.Named
+			for _, ref := range args {
+				img, err := st.Image(ref)
+				if err != nil {
+					return err
+				}
+				n := archive.Named{Image: img}
+				if !looksLikeID(ref) {
+					n.Tags = []string{ref}
+				}
+				named = append(named, n)
+			}
+			tmp, err := os.CreateTemp(filepath.Dir(out), ".minibuild-save-*")
+			if err != nil {
+				return err
+			}
+			defer os.Remove(tmp.Name())
+			if err := archive.WriteDocker(tmp, named); err != nil {
+				tmp.Close()
+				return err
+			}
+			if err := tmp.Close(); err != nil {
+				return err
+			}
+			return os.Rename(tmp.Name(), out)
+		},
+	}
+	cmd.Flags().StringVarP(&out, "output", "o", "", "file to write")
+	return cmd
+}
+
+// looksLikeID tells an image id or digest from a name.
+func looksLikeID(ref string) bool {
+	if strings.HasPrefix(ref, "sha256:") {
+		return true
+	}
+	if len(ref) < 4 {
+		return false
+	}
+	for _, c := range ref {
+		if !strings.ContainsRune("0123456789abcdef", c) {
+			return false
+		}
+	}
+	return true
+}
+
+func newLoadCommand(g *globalOptions) *cobra.Command {
+	var in string
+	cmd := &cobra.Command{
+		Use:   "load -i FILE",
+		Short: "Load images from a docker-archive or an OCI layout (tar or directory)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if in == "" {
+				return fmt.Errorf("load: -i FILE is required")
+			}
+			st, err := openStore(g)
+			if err != nil {
+				return err
+			}
+			imgs, err := archive.Read(in)
+			if err != nil {
+				return err
+			}
+			for _, n := range imgs {
+				dg, err := st.WriteImage(n.Image)
+				if err != nil {
+					return err
+				}
+				id, err := n.Image.ConfigName()
+				if err != nil {
+					return err
+				}
+				for _, t := range n.Tags {
+					if err := st.Tag(t, dg); err != nil {
+						return err
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "Loaded image: %s\n", t)
+				}
+				if len(n.Tags) == 0 {
+					fmt.Fprintf(cmd.OutOrStdout(), "Loaded image ID: %s\n", id)
+				}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&in, "input", "i", "", "archive file or OCI layout directory")
+	return cmd
+}

@@ -1,0 +1,180 @@
+package executor
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/minibuild/minibuild/cache"
+	"github.com/minibuild/minibuild/snapshot"
+	"github.com/minibuild/minibuild/store"
+)
+
+// imageState is a stage's image as its steps change it: the layer chain,
+// the config and the history.
+type imageState struct {
+	layers []cache.Layer
+	config v1.ConfigFile
+	// cmdSet records a CMD in this stage, so that a later ENTRYPOINT keeps
+	// it (docker resets only an inherited CMD).
+	cmdSet bool
+}
+
+// stateFromImage loads a base image's layers and config.
+func stateFromImage(img v1.Image) (*imageState, error) {
+	m, err := img.Manifest()
+	if err != nil {
+		return nil, fmt.Errorf("read base manifest: %w", err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("read base config: %w", err)
+	}
+	if len(cf.RootFS.DiffIDs) != len(m.Layers) {
+		return nil, fmt.Errorf("base image has %d layers but %d diff ids", len(m.Layers), len(cf.RootFS.DiffIDs))
+	}
+	st := &imageState{config: *cf.DeepCopy()}
+	for i, l := range m.Layers {
+		st.layers = append(st.layers, cache.Layer{
+			Digest:    digest.Digest(l.Digest.String()),
+			DiffID:    digest.Digest(cf.RootFS.DiffIDs[i].String()),
+			Size:      l.Size,
+			MediaType: ociLayerType(l.MediaType),
+		})
+	}
+	return st, nil
+}
+
+// scratchState is the empty image FROM scratch starts with.
+func scratchState() *imageState {
+	return &imageState{config: v1.ConfigFile{
+		Architecture: "amd64",
+		OS:           "linux",
+		Config:       v1.Config{Env: []string{"PATH=" + defaultPath}},
+	}}
+}
+
+// defaultPath is docker's PATH for images that set none.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// ociLayerType maps docker layer media types to their OCI twins: the blob
+// is the same, and minibuild writes OCI manifests.
+func ociLayerType(mt types.MediaType) string {
+	switch mt {
+	case types.DockerLayer, "":
+		return string(types.OCILayer)
+	case types.DockerUncompressedLayer:
+		return string(types.OCIUncompressedLayer)
+	case types.DockerForeignLayer:
+		return string(types.OCIRestrictedLayer)
+	}
+	return string(mt)
+}
+
+func (s *imageState) snapshotLayers() []snapshot.Layer {
+	out := make([]snapshot.Layer, len(s.layers))
+	for i, l := range s.layers {
+		out[i] = snapshot.Layer{Digest: l.Digest, DiffID: l.DiffID}
+	}
+	return out
+}
+
+// apply replays a step's record: its layer, config and history.
+func (s *imageState) apply(r *cache.Record) {
+	if r.Layer != nil {
+		s.layers = append(s.layers, *r.Layer)
+	}
+	s.config.Config = *r.Config.DeepCopy()
+	s.config.History = append(s.config.History, r.History)
+}
+
+// commit writes the image's config and manifest into the store and
+// returns the stored image. created is the image's creation time.
+func commit(st *store.Store, s *imageState, created time.Time) (v1.Image, v1.Hash, error) {
+	cf := *s.config.DeepCopy()
+	cf.Architecture, cf.OS = "amd64", "linux"
+	cf.Created = v1.Time{Time: created.UTC()}
+	cf.RootFS = v1.RootFS{Type: "layers", DiffIDs: []v1.Hash{}}
+	m := v1.Manifest{SchemaVersion: 2, MediaType: types.OCIManifestSchema1, Layers: []v1.Descriptor{}}
+	for _, l := range s.layers {
+		diffID, err := v1.NewHash(string(l.DiffID))
+		if err != nil {
+			return nil, v1.Hash{}, err
+		}
+		d, err := v1.NewHash(string(l.Digest))
+		if err != nil {
+			return nil, v1.Hash{}, err
+		}
+		cf.RootFS.DiffIDs = append(cf.RootFS.DiffIDs, diffID)
+		m.Layers = append(m.Layers, v1.Descriptor{MediaType: types.MediaType(l.MediaType), Size: l.Size, Digest: d})
+	}
+	rawConfig, err := json.Marshal(cf)
+	if err != nil {
+		return nil, v1.Hash{}, err
+	}
+	cfgHash, cfgSize, err := v1.SHA256(bytes.NewReader(rawConfig))
+	if err != nil {
+		return nil, v1.Hash{}, err
+	}
+	m.Config = v1.Descriptor{MediaType: types.OCIConfigJSON, Size: cfgSize, Digest: cfgHash}
+	rawManifest, err := json.Marshal(m)
+	if err != nil {
+		return nil, v1.Hash{}, err
+	}
+	img, err := partial.CompressedToImage(&builtImage{store: st, manifest: rawManifest, config: rawConfig, layers: s.layers})
+	if err != nil {
+		return nil, v1.Hash{}, err
+	}
+	h, err := st.WriteImage(img)
+	if err != nil {
+		return nil, v1.Hash{}, fmt.Errorf("store image: %w", err)
+	}
+	stored, err := st.Image(h.String())
+	if err != nil {
+		return nil, v1.Hash{}, err
+	}
+	return stored, h, nil
+}
+
+// builtImage is a just-built image whose layers are already in the store.
+type builtImage struct {
+	store    *store.Store
+	manifest []byte
+	config   []byte
+	layers   []cache.Layer
+}
+
+func (b *builtImage) RawConfigFile() ([]byte, error)      { return b.config, nil }
+func (b *builtImage) RawManifest() ([]byte, error)        { return b.manifest, nil }
+func (b *builtImage) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
+
+func (b *builtImage) LayerByDigest(h v1.Hash) (partial.CompressedLayer, error) {
+	for _, l := range b.layers {
+		if string(l.Digest) == h.String() {
+			return &storeLayer{store: b.store, layer: l}, nil
+		}
+	}
+	return nil, fmt.Errorf("layer %s not in image", h)
+}
+
+// storeLayer is a layer blob read from the store.
+type storeLayer struct {
+	store *store.Store
+	layer cache.Layer
+}
+
+func (l *storeLayer) Digest() (v1.Hash, error) { return v1.NewHash(string(l.layer.Digest)) }
+func (l *storeLayer) Compressed() (io.ReadCloser, error) {
+	return l.store.OpenBlob(l.layer.Digest)
+}
+func (l *storeLayer) Size() (int64, error) { return l.layer.Size, nil }
+func (l *storeLayer) MediaType() (types.MediaType, error) {
+	return types.MediaType(l.layer.MediaType), nil
+}

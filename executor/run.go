@@ -1,0 +1,184 @@
+package executor
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/buildkit/frontend/dockerfile/parser"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/minibuild/minibuild/cache"
+	"github.com/minibuild/minibuild/layer"
+	"github.com/minibuild/minibuild/sandbox"
+)
+
+// tailLines is how many output lines a failed RUN's error repeats.
+const tailLines = 10
+
+// prepareRun keys a RUN on its text and the build args it can see, and
+// readies its execution in the sandbox.
+func (s *stepExec) prepareRun(c *instructions.RunCommand) error {
+	if len(instructions.GetMounts(c)) > 0 {
+		return fmt.Errorf("RUN --mount is not supported yet")
+	}
+	if n := instructions.GetNetwork(c); n != "" && n != "default" {
+		return fmt.Errorf("RUN --network=%s is not supported yet", n)
+	}
+	args := s.args.Args()
+	s.inputs = []digest.Digest{cache.StringsDigest(args)}
+	s.inputNames = map[string]string{}
+	for _, kv := range args {
+		k, v, _ := strings.Cut(kv, "=")
+		s.inputNames["build arg "+k] = digest.FromString(v).String() // never the value itself
+	}
+	s.execute = func(ctx context.Context) (*cache.Record, error) { return s.executeRun(ctx, c) }
+	return nil
+}
+
+// runArgs is the argv a RUN executes: the shell plus the command line for
+// the shell form, a heredoc's body as the script, or the exec form as is.
+func (s *stepExec) runArgs(c *instructions.RunCommand) []string {
+	cfg := &s.state.config.Config
+	args := c.CmdLine
+	if len(c.Files) > 0 && len(args) == 1 {
+		if parser.MustParseHeredoc(args[0]) != nil {
+			data := c.Files[0].Data
+			if c.Files[0].Chomp {
+				data = parser.ChompHeredocContent(data)
+			}
+			args = []string{data}
+		} else {
+			var b strings.Builder
+			b.WriteString(args[0])
+			for _, f := range c.Files {
+				b.WriteByte('\n')
+				b.WriteString(f.Data)
+				b.WriteString(f.Name)
+			}
+			args = []string{b.String()}
+		}
+	}
+	if !c.PrependShell {
+		return append([]string(nil), args...)
+	}
+	return append(shellOf(cfg), strings.Join(args, " "))
+}
+
+func (s *stepExec) executeRun(ctx context.Context, c *instructions.RunCommand) (*cache.Record, error) {
+	opts := s.b.opts
+	cfg := &s.state.config.Config
+	layers := s.state.snapshotLayers()
+	id, err := resolveUser(imageFiles(ctx, opts.Snapshots, layers), cfg.User)
+	if err != nil {
+		return nil, err
+	}
+	snap, err := opts.Snapshots.Prepare(ctx, layers)
+	if err != nil {
+		return nil, err
+	}
+	defer snap.Release()
+
+	out := &lineWriter{emit: func(line string) {
+		opts.Progress(Event{Kind: KindLog, Stage: s.stage, Step: s.n, Steps: s.steps, Line: line})
+	}}
+	cwd := cfg.WorkingDir
+	if cwd == "" {
+		cwd = "/"
+	}
+	err = sandbox.Run(ctx, sandbox.Spec{
+		Rootfs:    snap.Mounts(),
+		Args:      s.runArgs(c),
+		Env:       s.args.RunEnv(),
+		Cwd:       cwd,
+		UID:       id.UID,
+		GID:       id.GID,
+		ExtraGIDs: id.Groups,
+		Hostname:  "minibuild",
+		Stdout:    out,
+		Stderr:    out,
+	})
+	out.Flush()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		var exit *sandbox.ExitError
+		if errors.As(err, &exit) {
+			return nil, &RunError{Code: exit.Code, Tail: out.Tail()}
+		}
+		return nil, err
+	}
+	l, err := s.writeLayer(func(w *layer.Writer) error { return snap.Diff(w) })
+	if err != nil {
+		return nil, err
+	}
+	return &cache.Record{Layer: l, Config: *cfg.DeepCopy(), History: s.history(false, "")}, nil
+}
+
+// RunError is a RUN whose command exited non-zero.
+type RunError struct {
+	Code int
+	Tail []string // the last lines of its output
+}
+
+func (e *RunError) Error() string {
+	msg := fmt.Sprintf("command exited with code %d", e.Code)
+	if len(e.Tail) > 0 {
+		msg += "; last output:\n  " + strings.Join(e.Tail, "\n  ")
+	}
+	return msg
+}
+
+// lineWriter splits a RUN's output into lines for progress and keeps the
+// last few for an error message. RUN stdout and stderr share it.
+type lineWriter struct {
+	mu   sync.Mutex
+	emit func(string)
+	buf  bytes.Buffer
+	tail []string
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	for {
+		i := bytes.IndexByte(w.buf.Bytes(), '\n')
+		if i < 0 {
+			break
+		}
+		w.line(string(w.buf.Next(i + 1)[:i]))
+	}
+	return len(p), nil
+}
+
+func (w *lineWriter) line(l string) {
+	l = strings.TrimRight(l, "\r")
+	w.emit(l)
+	w.tail = append(w.tail, l)
+	if len(w.tail) > tailLines {
+		w.tail = w.tail[1:]
+	}
+}
+
+// Flush emits a last line that has no newline.
+func (w *lineWriter) Flush() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.buf.Len() > 0 {
+		w.line(w.buf.String())
+		w.buf.Reset()
+	}
+}
+
+// Tail returns the last lines written.
+func (w *lineWriter) Tail() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.tail...)
+}
