@@ -74,7 +74,7 @@ func (x *Index) Put(key, parent digest.Digest, instruction string, r *Record) er
 	if err := writeJSON(x.recordPath(key), r); err != nil {
 		return fmt.Errorf("record cache key %s: %w", key, err)
 	}
-	h := hint{Instruction: instruction, Inputs: r.Inputs}
+	h := hint{Instruction: instruction, Display: r.History.CreatedBy, Inputs: r.Inputs}
 	if err := writeJSON(x.hintPath(Key(parent, "hint", digest.FromString(instruction))), h); err != nil {
 		return err
 	}
@@ -84,6 +84,7 @@ func (x *Index) Put(key, parent digest.Digest, instruction string, r *Record) er
 // hint is what the last step recorded under a parent had as instruction and inputs.
 type hint struct {
 	Instruction string            `json:"instruction"`
+	Display     string            `json:"display,omitempty"` // as the user wrote it
 	Inputs      map[string]string `json:"inputs,omitempty"`
 }
 
@@ -99,7 +100,11 @@ func (x *Index) Explain(parent digest.Digest, instruction string, inputs map[str
 		return "record missing from the cache"
 	}
 	if err := readJSON(x.hintPath(Key(parent, "hint")), &prev); err == nil {
-		return "instruction changed (was: " + prev.Instruction + ")"
+		was := prev.Display
+		if was == "" {
+			was = prev.Instruction
+		}
+		return "instruction changed (was: " + was + ")"
 	}
 	return "not built before"
 }
