@@ -432,6 +432,7 @@ func (s *Store) GC(keep []digest.Digest, grace time.Duration) ([]digest.Digest, 
 			if err := s.removeBlob(d); err != nil {
 				return fmt.Errorf("gc: %w", err)
 			}
+			s.removeBlobSources(d)
 			removed = append(removed, d)
 		}
 		return nil

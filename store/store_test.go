@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -529,5 +530,32 @@ func TestGC(t *testing.T) {
 	assertSameImage(t, keepImg, got)
 	if _, err := s.Image(dmd.String()); !errors.Is(err, ErrNotFound) {
 		t.Errorf("collected image still resolves: %v", err)
+	}
+}
+
+func TestBlobSources(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := digest.FromString("layer")
+	if got := s.BlobSources(d); len(got) != 0 {
+		t.Fatalf("fresh store knows sources %v", got)
+	}
+	for _, repo := range []string{"reg:5000/a", "reg:5000/b", "reg:5000/a"} {
+		if err := s.AddBlobSource(d, repo); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := s.BlobSources(d); !slices.Equal(got, []string{"reg:5000/b", "reg:5000/a"}) {
+		t.Errorf("sources %v, want newest first without duplicates", got)
+	}
+	for _, bad := range []string{"", "https://user:pw@reg/a", "reg/a\nx", "reg/a@sha256:00"} {
+		if err := s.AddBlobSource(d, bad); err == nil {
+			t.Errorf("AddBlobSource(%q) accepted", bad)
+		}
+	}
+	if err := s.AddBlobSource("sha256:../../etc", "reg/a"); err == nil {
+		t.Error("hostile digest accepted")
 	}
 }
