@@ -12,14 +12,15 @@ package registry
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
-	"sync"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/minibuild/minibuild/store"
 	"github.com/opencontainers/go-digest"
 )
@@ -33,21 +34,37 @@ type Options struct {
 	Progress func(Event)
 	// Transport replaces the default HTTP transport (proxies, tests).
 	Transport http.RoundTripper
-	// Parallel is how many layers download at once; 0 means 3, as docker.
+	// Parallel is how many blobs transfer at once; 0 means 3, as docker.
 	Parallel int
+	// Keychain replaces authn.DefaultKeychain (the docker config and its
+	// credential helpers).
+	Keychain authn.Keychain
 }
 
-// Event reports a layer's progress.
+func (o Options) parallel() int {
+	if o.Parallel <= 0 {
+		return 3
+	}
+	return o.Parallel
+}
+
+func (o Options) report(ref string, d v1.Descriptor, status string) {
+	if o.Progress != nil {
+		o.Progress(Event{Ref: ref, Digest: d.Digest.String(), Status: status, Size: d.Size})
+	}
+}
+
+// Event reports a blob's progress.
 type Event struct {
-	Ref    string // the reference being pulled, as given
-	Digest string // the layer digest
-	Status string // StatusExists, StatusDownloading or StatusDone
+	Ref    string // the reference being pulled or pushed, as given
+	Digest string // the blob digest
+	Status string // StatusExists, StatusDownloading, StatusDone, StatusPushing, StatusPushed or StatusMounted
 	Size   int64  // compressed size from the manifest
 }
 
-// Layer statuses reported through Options.Progress.
+// Pull statuses reported through Options.Progress.
 const (
-	StatusExists      = "exists"      // already in the store, not fetched
+	StatusExists      = "exists"      // already there (in the store, or in the registry for a push), not transferred
 	StatusDownloading = "downloading" // fetch started
 	StatusDone        = "done"        // fetched, verified and stored
 )
@@ -73,9 +90,13 @@ func Reference(ref string, insecure []string) (name.Reference, error) {
 }
 
 func remoteOptions(ctx context.Context, opts Options) []remote.Option {
+	kc := opts.Keychain
+	if kc == nil {
+		kc = authn.DefaultKeychain
+	}
 	ro := []remote.Option{
 		remote.WithContext(ctx),
-		remote.WithAuthFromKeychain(authn.DefaultKeychain),
+		remote.WithAuthFromKeychain(kc),
 		remote.WithPlatform(platform),
 		remote.WithUserAgent("minibuild"),
 	}
@@ -110,6 +131,10 @@ func Pull(ctx context.Context, s *store.Store, ref string, opts Options) (v1.Ima
 	if err != nil {
 		return nil, v1.Hash{}, fmt.Errorf("pull %s: %w", ref, err)
 	}
+	// Remember where every blob lives, for cross-repo mounts on later pushes.
+	for _, d := range append([]v1.Descriptor{m.Config}, m.Layers...) {
+		_ = s.AddBlobSource(digest.Digest(d.Digest.String()), repoName(r.Context()))
+	}
 	if tag, ok := r.(name.Tag); ok {
 		if err := s.Tag(tag.Name(), md); err != nil {
 			return nil, v1.Hash{}, fmt.Errorf("pull %s: %w", ref, err)
@@ -123,96 +148,130 @@ func Pull(ctx context.Context, s *store.Store, ref string, opts Options) (v1.Ima
 }
 
 // fetchLayers downloads the layers of m that s lacks, opts.Parallel at a
-// time. Layers the store has are reported and never opened.
+// time. Layers the store has are reported and never opened. Every layer
+// is committed to the store on its own, so an interrupted pull keeps the
+// layers it finished and the next pull fetches only the rest.
 func fetchLayers(ctx context.Context, s *store.Store, img v1.Image, m *v1.Manifest, ref string, opts Options) error {
-	report := func(d v1.Descriptor, status string) {
-		if opts.Progress != nil {
-			opts.Progress(Event{Ref: ref, Digest: d.Digest.String(), Status: status, Size: d.Size})
-		}
-	}
-	parallel := opts.Parallel
-	if parallel <= 0 {
-		parallel = 3
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		firstErr error
-		sem      = make(chan struct{}, parallel)
-		seen     = map[v1.Hash]bool{}
-	)
+	var todo []v1.Descriptor
+	seen := map[v1.Hash]bool{}
 	for _, d := range m.Layers {
 		if seen[d.Digest] {
 			continue // a layer listed twice is fetched once
 		}
 		seen[d.Digest] = true
 		if s.HasBlob(digest.Digest(d.Digest.String())) {
-			report(d, StatusExists)
+			opts.report(ref, d, StatusExists)
 			continue
 		}
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-		}
-		if ctx.Err() != nil {
-			break
-		}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			report(d, StatusDownloading)
-			err := fetchLayer(s, img, d)
-			if err == nil {
-				report(d, StatusDone)
-				return
-			}
-			mu.Lock()
-			if firstErr == nil {
-				firstErr = err
-			}
-			mu.Unlock()
-			cancel()
+		todo = append(todo, d)
+	}
+	return forEach(ctx, todo, opts.parallel(), func(ctx context.Context, d v1.Descriptor) error {
+		opts.report(ref, d, StatusDownloading)
+		err := retry(ctx, func() error {
+			return fetchBlob(s, d, func() (io.ReadCloser, error) {
+				l, err := img.LayerByDigest(d.Digest)
+				if err != nil {
+					return nil, permanent(err)
+				}
+				return l.Compressed()
+			})
 		})
-	}
-	wg.Wait()
-	if firstErr != nil {
-		return firstErr
-	}
-	return ctx.Err()
+		if err != nil {
+			return fmt.Errorf("fetch layer %s: %w", d.Digest, err)
+		}
+		opts.report(ref, d, StatusDone)
+		return nil
+	})
 }
 
-func fetchLayer(s *store.Store, img v1.Image, d v1.Descriptor) error {
-	l, err := img.LayerByDigest(d.Digest)
+// fetchBlob copies one blob into the store, verified by its commit.
+func fetchBlob(s *store.Store, d v1.Descriptor, open func() (io.ReadCloser, error)) error {
+	rc, err := open()
 	if err != nil {
-		return fmt.Errorf("layer %s: %w", d.Digest, err)
-	}
-	rc, err := l.Compressed()
-	if err != nil {
-		return fmt.Errorf("fetch layer %s: %w", d.Digest, err)
+		return err
 	}
 	defer rc.Close()
-	if err := s.PutBlob(rc, digest.Digest(d.Digest.String())); err != nil {
-		return fmt.Errorf("fetch layer %s: %w", d.Digest, err)
+	return s.PutBlob(rc, digest.Digest(d.Digest.String()))
+}
+
+// FetchBlob copies blob d of repository repo ("host/path") into s, unless
+// s has it already, and remembers repo as one of its sources.
+func FetchBlob(ctx context.Context, s *store.Store, repo string, d v1.Descriptor, opts Options) error {
+	dg := digest.Digest(d.Digest.String())
+	if s.HasBlob(dg) {
+		return nil
 	}
+	r, err := Reference(repo+"@"+d.Digest.String(), opts.Insecure)
+	if err != nil {
+		return err
+	}
+	rd, ok := r.(name.Digest)
+	if !ok {
+		return fmt.Errorf("fetch blob %s from %s: not a digest reference", d.Digest, repo)
+	}
+	opts.report(repo, d, StatusDownloading)
+	err = retry(ctx, func() error {
+		return fetchBlob(s, d, func() (io.ReadCloser, error) {
+			l, err := remote.Layer(rd, remoteOptions(ctx, opts)...)
+			if err != nil {
+				return nil, err
+			}
+			return l.Compressed()
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("fetch blob %s from %s: %w", d.Digest, repo, err)
+	}
+	opts.report(repo, d, StatusDone)
+	_ = s.AddBlobSource(dg, repoName(rd.Context()))
 	return nil
 }
 
-// Push uploads img (typically store-backed) to ref. Blobs the registry
-// already has are not uploaded (remote.Write checks first). It returns the
-// manifest digest.
-func Push(ctx context.Context, img v1.Image, ref string, opts Options) (v1.Hash, error) {
+// Manifest fetches the manifest (or index) ref names, as stored.
+func Manifest(ctx context.Context, ref string, opts Options) ([]byte, types.MediaType, v1.Hash, error) {
 	r, err := Reference(ref, opts.Insecure)
 	if err != nil {
-		return v1.Hash{}, err
+		return nil, "", v1.Hash{}, err
 	}
-	ro := remoteOptions(ctx, opts)
-	if err := remote.Write(r, img, ro...); err != nil {
-		return v1.Hash{}, fmt.Errorf("push %s: %w", ref, err)
-	}
-	d, err := img.Digest()
+	var desc *remote.Descriptor
+	err = retry(ctx, func() error {
+		desc, err = remote.Get(r, remoteOptions(ctx, opts)...)
+		return err
+	})
 	if err != nil {
-		return v1.Hash{}, fmt.Errorf("push %s: %w", ref, err)
+		return nil, "", v1.Hash{}, fmt.Errorf("get manifest %s: %w", ref, err)
 	}
-	return d, nil
+	return desc.Manifest, desc.MediaType, desc.Digest, nil
+}
+
+// ReadBlob reads a small blob (a config) of repository repo, at most limit bytes.
+func ReadBlob(ctx context.Context, repo string, d v1.Descriptor, limit int64, opts Options) ([]byte, error) {
+	if d.Size > limit {
+		return nil, fmt.Errorf("blob %s of %s: %d bytes is more than %d", d.Digest, repo, d.Size, limit)
+	}
+	r, err := Reference(repo+"@"+d.Digest.String(), opts.Insecure)
+	if err != nil {
+		return nil, err
+	}
+	var b []byte
+	err = retry(ctx, func() error {
+		l, err := remote.Layer(r.(name.Digest), remoteOptions(ctx, opts)...)
+		if err != nil {
+			return err
+		}
+		rc, err := l.Compressed()
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		b, err = io.ReadAll(io.LimitReader(rc, limit+1))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read blob %s of %s: %w", d.Digest, repo, err)
+	}
+	if got := digest.FromBytes(b); got.String() != d.Digest.String() {
+		return nil, fmt.Errorf("read blob %s of %s: content has digest %s", d.Digest, repo, got)
+	}
+	return b, nil
 }

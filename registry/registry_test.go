@@ -256,7 +256,7 @@ func TestPushFromStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	stored, _ := s.Image(md.String())
-	got, err := Push(context.Background(), stored, reg.host+"/pushed:1", Options{})
+	got, err := Push(context.Background(), s, stored, reg.host+"/pushed:1", Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
