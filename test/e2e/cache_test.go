@@ -67,8 +67,8 @@ func TestRebuildAfterAppendingToAppPy(t *testing.T) {
 	if b2.steps[miss].Key == b1.steps[miss].Key {
 		t.Errorf("COPY app.py kept its key %s although app.py changed", short(b1.steps[miss].Key))
 	}
-	if b2.steps[miss].Reason == "" || !strings.Contains(b2.steps[miss].Reason, "app.py") {
-		t.Errorf("the first miss should explain itself naming app.py, reason = %q", b2.steps[miss].Reason)
+	if r := b2.reasons(miss); !strings.Contains(r, "app.py") {
+		t.Errorf("the first miss should explain itself naming app.py, reasons = %q", r)
 	}
 	if b2.res.ImageID == b1.res.ImageID {
 		t.Errorf("the image id did not change after editing app.py: %s", b1.res.ImageID)
