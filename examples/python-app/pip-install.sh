@@ -3,7 +3,7 @@
 # made of busybox tools only, so the demo needs no network and no Python.
 #
 # For each "name==version" line it "builds" a package: a few dozen modules of
-# generated source (a Park–Miller sequence seeded by the requirement's CRC), a
+# generated source (a Park–Miller sequence seeded by the requirement's sha256), a
 # dist-info directory and a RECORD of sha256 sums. It is real work on files
 # (several MB, a second or two), and it is deterministic: the same
 # requirements give byte-identical files, so SOURCE_DATE_EPOCH builds are
@@ -26,7 +26,8 @@ grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$req" | while IFS= read -r spec
 	pkg=$site/$name
 	info=$site/$name-$version.dist-info
 	mkdir -p "$pkg" "$info"
-	seed=$(printf '%s' "$spec" | cksum | cut -d' ' -f1)
+	hex=$(printf '%s' "$spec" | sha256sum | cut -c1-7)
+	seed=$((0x$hex))
 	echo "Installing $name $version" >&2
 	awk -v dir="$pkg" -v name="$name" -v version="$version" -v seed="$seed" \
 		-v modules="$modules" -v lines="$lines" '

@@ -93,6 +93,11 @@ func TestRebuildAfterAppendingToAppPy(t *testing.T) {
 	if n := dirSize(t, filepath.Join(out, "app/site-packages")); n < 5<<20 {
 		t.Errorf("the RUN installed only %d bytes into /app/site-packages; want several MB", n)
 	}
+	flask := readFile(t, filepath.Join(out, "app/site-packages/flask/_mod00.py"))
+	click := readFile(t, filepath.Join(out, "app/site-packages/click/_mod00.py"))
+	if strings.TrimPrefix(flask, "import flask") == strings.TrimPrefix(click, "import click") {
+		t.Errorf("pip-install.sh generated the same modules for two packages: its per-package seed is broken")
+	}
 	for _, p := range []string{"app/site-packages/flask/__init__.py", "app/site-packages/flask-3.0.3.dist-info/RECORD", "bin/busybox", "etc/passwd"} {
 		if _, err := os.Stat(filepath.Join(out, p)); err != nil {
 			t.Errorf("the exported rootfs lacks /%s: %v", p, err)
