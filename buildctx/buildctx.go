@@ -30,6 +30,9 @@ import (
 type Options struct {
 	// StateDir holds the persistent stat cache; "" disables persistence.
 	StateDir string
+	// NoIgnore skips .dockerignore: a stage's rootfs used by COPY --from
+	// is not a build context, and its /.dockerignore means nothing.
+	NoIgnore bool
 }
 
 // File is one entry of the context, as found by Lstat (links are not
@@ -91,9 +94,11 @@ func Open(ctx context.Context, dir string, opts Options) (*Context, error) {
 	if rst.Mode&unix.S_IFMT != unix.S_IFDIR {
 		return nil, fmt.Errorf("build context %s: not a directory", dir)
 	}
-	patterns, err := readIgnore(root)
-	if err != nil {
-		return nil, err
+	var patterns []string
+	if !opts.NoIgnore {
+		if patterns, err = readIgnore(root); err != nil {
+			return nil, err
+		}
 	}
 	c := &Context{
 		dir:   root,

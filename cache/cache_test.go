@@ -55,11 +55,11 @@ func TestIndexRoundTripAndExplain(t *testing.T) {
 	if _, err := x.Get(k1); !errors.Is(err, ErrMiss) {
 		t.Fatalf("empty index: got %v, want ErrMiss", err)
 	}
-	if got := x.Explain(parent, "COPY . /", nil); got != "not built before" {
+	if got := x.Explain(parent, "here", "COPY . /", nil); got != "not built before" {
 		t.Fatalf("explain on empty index: %q", got)
 	}
 	rec := &Record{Layer: &Layer{Digest: digest.FromString("layer"), Size: 3}, Inputs: map[string]string{"app.py": "sha256:1", "util.py": "sha256:2"}}
-	if err := x.Put(k1, parent, "COPY . /", rec); err != nil {
+	if err := x.Put(k1, parent, "here", "COPY . /", rec); err != nil {
 		t.Fatal(err)
 	}
 	got, err := x.Get(k1)
@@ -76,8 +76,11 @@ func TestIndexRoundTripAndExplain(t *testing.T) {
 		{"COPY . /", map[string]string{"app.py": "sha256:1"}, "util.py removed"},
 		{"COPY . /srv", nil, "instruction changed (was: COPY . /)"},
 	}
+	if got := x.Explain(parent, "another project", "COPY . /srv", nil); got != "not built before" {
+		t.Errorf("a step elsewhere is explained by this project's history: %q", got)
+	}
 	for _, c := range cases {
-		if got := x.Explain(parent, c.instruction, c.inputs); !strings.Contains(got, c.want) {
+		if got := x.Explain(parent, "here", c.instruction, c.inputs); !strings.Contains(got, c.want) {
 			t.Errorf("Explain(%q) = %q, want %q", c.instruction, got, c.want)
 		}
 	}

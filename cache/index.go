@@ -68,17 +68,19 @@ func (x *Index) Get(key digest.Digest) (*Record, error) {
 }
 
 // Put records what key produced, and remembers under its parent which
-// instruction and inputs it had, for explaining later misses.
-func (x *Index) Put(key, parent digest.Digest, instruction string, r *Record) error {
+// instruction and inputs it had, for explaining later misses. where names
+// the step's place in its project (context, stage, step number): it only
+// scopes explanations and never enters a key.
+func (x *Index) Put(key, parent digest.Digest, where, instruction string, r *Record) error {
 	r.Version = recordVersion
 	if err := writeJSON(x.recordPath(key), r); err != nil {
 		return fmt.Errorf("record cache key %s: %w", key, err)
 	}
 	h := hint{Instruction: instruction, Display: r.History.CreatedBy, Inputs: r.Inputs}
-	if err := writeJSON(x.hintPath(Key(parent, "hint", digest.FromString(instruction))), h); err != nil {
+	if err := writeJSON(x.hintPath(Key(parent, "hint", digest.FromString(where), digest.FromString(instruction))), h); err != nil {
 		return err
 	}
-	return writeJSON(x.hintPath(Key(parent, "hint")), h)
+	return writeJSON(x.hintPath(Key(parent, "hint", digest.FromString(where))), h)
 }
 
 // hint is what the last step recorded under a parent had as instruction and inputs.
@@ -88,18 +90,18 @@ type hint struct {
 	Inputs      map[string]string `json:"inputs,omitempty"`
 }
 
-// Explain says why key missed, given its parent, instruction and inputs:
-// which inputs changed since the same instruction last ran on the same
-// parent, or that the instruction itself is new there.
-func (x *Index) Explain(parent digest.Digest, instruction string, inputs map[string]string) string {
+// Explain says why key missed, given its parent, place, instruction and
+// inputs: which inputs changed since the same instruction last ran on the
+// same parent, or that the instruction at this place changed.
+func (x *Index) Explain(parent digest.Digest, where, instruction string, inputs map[string]string) string {
 	var prev hint
-	if err := readJSON(x.hintPath(Key(parent, "hint", digest.FromString(instruction))), &prev); err == nil {
+	if err := readJSON(x.hintPath(Key(parent, "hint", digest.FromString(where), digest.FromString(instruction))), &prev); err == nil {
 		if d := diffInputs(prev.Inputs, inputs); d != "" {
 			return d
 		}
 		return "record missing from the cache"
 	}
-	if err := readJSON(x.hintPath(Key(parent, "hint")), &prev); err == nil {
+	if err := readJSON(x.hintPath(Key(parent, "hint", digest.FromString(where))), &prev); err == nil {
 		was := prev.Display
 		if was == "" {
 			was = prev.Instruction

@@ -56,6 +56,9 @@ type Request struct {
 	// nil means an empty image.
 	DestInfo   func(path string) (fs.FileInfo, error)
 	HTTPClient *http.Client
+	// KeepOwner keeps the sources' uid/gid when Chown is nil: COPY --from
+	// a stage or image keeps ownership, a context COPY does not.
+	KeepOwner bool
 }
 
 type srcKind int
@@ -397,11 +400,15 @@ func linkHardLinks(es []*entry) error {
 }
 
 // contextEntry maps a context file to the entry it lands as: owner is
-// the --chown owner or root (context ownership is not kept, as docker).
+// the --chown owner, the file's own with KeepOwner, else root (context
+// ownership is not kept, as docker).
 func contextEntry(f *buildctx.File, dst string, req Request) *entry {
 	e := &entry{path: dst, mode: tarMode(f.Mode), mtime: f.ModTime, file: f}
-	if req.Chown != nil {
+	switch {
+	case req.Chown != nil:
 		e.uid, e.gid = req.Chown.UID, req.Chown.GID
+	case req.KeepOwner:
+		e.uid, e.gid = f.UID, f.GID
 	}
 	switch {
 	case f.Mode.IsRegular():

@@ -9,8 +9,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
+	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -47,6 +48,8 @@ type Options struct {
 	// Insecure lists registries reached over plain http.
 	Insecure []string
 	Progress func(Event)
+	// Jobs bounds how many stages build at once (default: the CPUs).
+	Jobs int
 }
 
 // Result describes a finished build.
@@ -61,18 +64,25 @@ type Result struct {
 	FirstMiss string
 }
 
-// builder holds one build's state.
+// builder holds one build's state. Stages run concurrently, so what they
+// share is guarded by mu.
 type builder struct {
-	opts   Options
-	df     *parser.Dockerfile
-	meta   map[string]string
-	bctx   *buildctx.Context
+	opts  Options
+	df    *parser.Dockerfile
+	meta  map[string]string
+	graph *graph
+
+	ctxOnce sync.Once
+	bctx    *buildctx.Context
+	bctxErr error
+
+	mu     sync.Mutex
 	stages map[int]*stageResult
 	res    Result
-	missed bool
 }
 
-// stageResult is a finished stage: its image state and last key.
+// stageResult is a finished stage: its image state, ARG/ENV scope and
+// last key.
 type stageResult struct {
 	state *imageState
 	scope *parser.Scope
@@ -87,6 +97,9 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if opts.Progress == nil {
 		opts.Progress = func(Event) {}
 	}
+	if opts.Jobs <= 0 {
+		opts.Jobs = runtime.NumCPU()
+	}
 	df, err := parser.Parse(bytes.NewReader(opts.Dockerfile), opts.DockerfileName)
 	if err != nil {
 		return nil, err
@@ -98,11 +111,14 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if unused := parser.UnusedBuildArgs(df, opts.BuildArgs); len(unused) > 0 {
 		opts.Progress(Event{Kind: KindWarning, Line: fmt.Sprintf("one or more build args were not consumed: [%s]", strings.Join(unused, " "))})
 	}
-	if b.meta, err = parser.ResolveMetaArgs(df, opts.BuildArgs); err != nil {
-		return nil, err
-	}
 	target, err := b.targetStage()
 	if err != nil {
+		return nil, err
+	}
+	if b.meta, err = parser.ResolveMetaArgsForTarget(df, opts.BuildArgs, df.Stages[target].Name); err != nil {
+		return nil, err
+	}
+	if b.graph, err = analyze(df, b.meta); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -110,11 +126,10 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 			b.bctx.Close()
 		}
 	}()
-	sr, err := b.buildStage(ctx, target)
-	if err != nil {
+	if err := b.runStages(ctx, b.graph.needed(target)); err != nil {
 		return nil, err
 	}
-	st := sr.state
+	st := b.stages[target].state
 	if len(opts.Labels) > 0 {
 		if st.config.Config.Labels == nil {
 			st.config.Config.Labels = map[string]string{}
@@ -133,6 +148,67 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	}
 	b.res.Image, b.res.Digest, b.res.ID = img, h, id
 	return &b.res, nil
+}
+
+// runStages builds the given stages, each as soon as the stages it reads
+// are done, at most opts.Jobs at a time. The first failure cancels the
+// others and is the error returned.
+func (b *builder) runStages(ctx context.Context, stages []int) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := map[int]chan struct{}{}
+	for _, i := range stages {
+		done[i] = make(chan struct{})
+	}
+	slots := make(chan struct{}, b.opts.Jobs)
+	var (
+		wg       sync.WaitGroup
+		errMu    sync.Mutex
+		firstErr error
+	)
+	fail := func(err error) {
+		errMu.Lock()
+		defer errMu.Unlock()
+		if firstErr == nil || (errors.Is(firstErr, context.Canceled) && !errors.Is(err, context.Canceled)) {
+			firstErr = err
+		}
+		cancel()
+	}
+	for _, i := range stages {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, d := range b.graph.deps[i] {
+				select {
+				case <-done[d]:
+				case <-ctx.Done():
+					fail(ctx.Err())
+					return
+				}
+			}
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				fail(ctx.Err())
+				return
+			}
+			sr, err := b.buildStage(ctx, i)
+			<-slots
+			if err != nil {
+				fail(err)
+				return
+			}
+			b.mu.Lock()
+			b.stages[i] = sr
+			b.mu.Unlock()
+			close(done[i])
+		}()
+	}
+	wg.Wait()
+	if firstErr == nil {
+		return ctx.Err()
+	}
+	return firstErr
 }
 
 // created is the image's creation time: SOURCE_DATE_EPOCH when set, else
@@ -160,94 +236,114 @@ func (b *builder) targetStage() (int, error) {
 		return len(b.df.Stages) - 1, nil
 	}
 	for i, s := range b.df.Stages {
-		if strings.EqualFold(s.Name, b.opts.Target) {
+		if s.Name == strings.ToLower(b.opts.Target) {
 			return i, nil
 		}
 	}
 	return 0, fmt.Errorf("target stage %q could not be found", b.opts.Target)
 }
 
-// stageRef finds the earlier stage a FROM names, by name or index.
-func (b *builder) stageRef(name string, before int) (int, bool) {
-	for i := 0; i < before; i++ {
-		if b.df.Stages[i].Name != "" && strings.EqualFold(b.df.Stages[i].Name, name) {
-			return i, true
-		}
-	}
-	if n, err := strconv.Atoi(name); err == nil && n >= 0 && n < before {
-		return n, true
-	}
-	return 0, false
+// stage returns a finished stage's result.
+func (b *builder) stage(i int) *stageResult {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.stages[i]
 }
 
-// buildStage builds stage i, after the stages its FROM depends on.
+// stageRun is one stage being built: its steps share the state, the scope
+// and whether a step has missed yet.
+type stageRun struct {
+	b      *builder
+	index  int
+	name   string
+	steps  int
+	state  *imageState
+	scope  *parser.Scope
+	missed bool
+}
+
+func (r *stageRun) report(e Event) {
+	e.Kind, e.Stage, e.Steps = KindStep, r.name, r.steps
+	r.b.opts.Progress(e)
+}
+
+// buildStage builds stage i; the stages it reads are done.
 func (b *builder) buildStage(ctx context.Context, i int) (*stageResult, error) {
-	if sr, ok := b.stages[i]; ok {
-		return sr, nil
-	}
 	stage := b.df.Stages[i]
 	file := b.opts.DockerfileName
-	steps := len(stage.Steps) + 1
-	stageName := stage.Name
-	if stageName == "" {
-		stageName = fmt.Sprintf("stage-%d", i)
-	}
-	base, err := parser.ExpandWord(stage.BaseName, parser.EnvList(b.meta), b.df.Escape)
-	if err != nil {
-		return nil, parser.Errorf(file, stage.Line, "FROM %s: %v", stage.BaseName, err)
-	}
+	base := b.graph.bases[i]
+	run := &stageRun{b: b, index: i, name: b.graph.names[i]}
 	fromText := "FROM " + base
-	report := func(e Event) {
-		e.Kind, e.Stage, e.Steps = KindStep, stageName, steps
-		b.opts.Progress(e)
-	}
-
 	start := time.Now()
-	var st *imageState
-	var sc *parser.Scope
+
 	var key digest.Digest
 	fromStatus := StatusCached
-	switch dep, isStage := b.stageRef(base, i); {
-	case isStage:
-		sr, err := b.buildStage(ctx, dep)
-		if err != nil {
-			return nil, err
-		}
-		st, sc, key = sr.state.clone(), sr.scope.Clone(), sr.key
-	case base == "scratch":
-		st, key = scratchState(), cache.BaseKey("scratch")
-	default:
+	var triggers []string
+	if dep, isStage := b.graph.stageRef(b.df, i, base); isStage {
+		sr := b.stage(dep)
+		run.state, run.scope, key = sr.state.clone(), sr.scope.Clone(), sr.key
+	} else if base == "scratch" {
+		run.state, key = scratchState(), cache.BaseKey("scratch")
+	} else {
 		img, h, pulled, err := b.baseImage(ctx, base)
-		if err != nil {
-			report(Event{Step: 1, Instruction: fromText, Status: StatusError, Reason: err.Error()})
-			return nil, parser.Errorf(file, stage.Line, "FROM %s: %v", base, err)
+		if err == nil {
+			run.state, err = stateFromImage(img)
 		}
-		if st, err = stateFromImage(img); err != nil {
-			return nil, parser.Errorf(file, stage.Line, "FROM %s: %v", base, err)
+		if err != nil {
+			run.steps = len(stage.Steps) + 1
+			run.report(Event{Step: 1, Instruction: fromText, Status: StatusError, Reason: err.Error()})
+			return nil, parser.Errorf(file, stage.Line, "stage %s: FROM %s: %v", run.name, base, err)
 		}
 		key = cache.BaseKey(h.String())
 		if pulled {
 			fromStatus = StatusDone
 		}
+		triggers = run.state.config.Config.OnBuild
+		run.state.config.Config.OnBuild = nil // triggers run once, in the image that uses the base
 	}
-	st.cmdSet = false
-	if sc == nil {
-		sc = parser.NewScope(b.meta, b.opts.BuildArgs, b.df.Escape)
-		sc.SetBaseEnv(st.config.Config.Env)
+	run.state.cmdSet = false
+	if run.scope == nil {
+		run.scope = parser.NewScope(b.meta, b.opts.BuildArgs, b.df.Escape)
+		run.scope.SetBaseEnv(run.state.config.Config.Env)
 	}
-	report(Event{Step: 1, Instruction: fromText, Status: fromStatus, Key: string(key), Duration: time.Since(start)})
+	steps, err := onbuildSteps(file, stage.Line, triggers)
+	if err != nil {
+		return nil, err
+	}
+	steps = append(steps, stage.Steps...)
+	run.steps = len(steps) + 1
+	run.report(Event{Step: 1, Instruction: fromText, Status: fromStatus, Key: string(key), Duration: time.Since(start)})
 
-	for n, step := range stage.Steps {
-		sx := &stepExec{b: b, stage: stageName, step: step, n: n + 2, steps: steps, state: st, args: sc, file: file}
-		next, err := sx.run(ctx, key, report)
+	for n, step := range steps {
+		sx := &stepExec{b: b, run: run, step: step, n: n + 2, file: file}
+		next, err := sx.exec(ctx, key)
 		if err != nil {
 			return nil, err
 		}
 		key = next
 	}
-	sr := &stageResult{state: st, scope: sc, key: key}
-	b.stages[i] = sr
-	return sr, nil
+	return &stageResult{state: run.state, scope: run.scope, key: key}, nil
+}
+
+// onbuildSteps parses a base image's ONBUILD triggers into steps that run
+// first in the stage, reported at the stage's FROM line.
+func onbuildSteps(file string, line int, triggers []string) ([]parser.Step, error) {
+	var steps []parser.Step
+	for _, t := range triggers {
+		df, err := parser.Parse(strings.NewReader("FROM scratch\n"+t+"\n"), file)
+		if err != nil || len(df.Stages) != 1 || len(df.Stages[0].Steps) != 1 {
+			return nil, parser.Errorf(file, line, "invalid ONBUILD trigger %q in the base image: %v", t, err)
+		}
+		st := df.Stages[0].Steps[0]
+		switch strings.ToUpper(st.Cmd.Name()) {
+		case "ONBUILD", "FROM", "MAINTAINER":
+			return nil, parser.Errorf(file, line, "ONBUILD trigger %q is not allowed", t)
+		}
+		st.Line, st.EndLine = line, line
+		st.Original = "ONBUILD " + strings.TrimSpace(st.Original)
+		steps = append(steps, st)
+	}
+	return steps, nil
 }
 
 // baseImage finds a base image in the store, or pulls it. pulled reports
@@ -273,14 +369,10 @@ func (b *builder) baseImage(ctx context.Context, ref string) (v1.Image, v1.Hash,
 // context opens the build context on first use: a Dockerfile without
 // COPY or ADD never walks it.
 func (b *builder) context(ctx context.Context) (*buildctx.Context, error) {
-	if b.bctx == nil {
-		c, err := buildctx.Open(ctx, b.opts.ContextDir, buildctx.Options{StateDir: b.opts.StateDir})
-		if err != nil {
-			return nil, err
-		}
-		b.bctx = c
-	}
-	return b.bctx, nil
+	b.ctxOnce.Do(func() {
+		b.bctx, b.bctxErr = buildctx.Open(ctx, b.opts.ContextDir, buildctx.Options{StateDir: b.opts.StateDir})
+	})
+	return b.bctx, b.bctxErr
 }
 
 func (s *imageState) clone() *imageState {
@@ -307,4 +399,55 @@ func setEnv(env []string, k, v string) []string {
 		}
 	}
 	return append(env, k+"="+v)
+}
+
+// count tallies a reused (cached) or executed step.
+func (b *builder) count(cached bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if cached {
+		b.res.StepsCached++
+	} else {
+		b.res.StepsBuilt++
+	}
+}
+
+// noteMiss keeps the explanation of the first miss; with several stages,
+// prefixed by the stage name.
+func (b *builder) noteMiss(r *stageRun, why string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.res.FirstMiss != "" {
+		return
+	}
+	if len(b.df.Stages) > 1 {
+		why = r.name + " " + why
+	}
+	b.res.FirstMiss = why
+}
+
+// fromSource opens what COPY --from reads: an earlier stage's rootfs, or
+// an image's (pulled when not in the store), as a read-only view that is
+// hashed like a build context — so the copy is keyed on the files' content
+// and a rebuilt stage with identical output changes nothing downstream.
+func (b *builder) fromSource(ctx context.Context, stage int, from string) (*buildctx.Context, error) {
+	var layers []snapshot.Layer
+	if dep, ok := b.graph.stageRef(b.df, stage, from); ok {
+		layers = b.stage(dep).state.snapshotLayers()
+	} else {
+		img, _, _, err := b.baseImage(ctx, from)
+		if err != nil {
+			return nil, fmt.Errorf("--from=%s: %w", from, err)
+		}
+		st, err := stateFromImage(img)
+		if err != nil {
+			return nil, fmt.Errorf("--from=%s: %w", from, err)
+		}
+		layers = st.snapshotLayers()
+	}
+	dir, err := b.opts.Snapshots.View(ctx, layers)
+	if err != nil {
+		return nil, err
+	}
+	return buildctx.Open(ctx, dir, buildctx.Options{StateDir: b.opts.StateDir, NoIgnore: true})
 }

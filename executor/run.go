@@ -29,7 +29,7 @@ func (s *stepExec) prepareRun(c *instructions.RunCommand) error {
 	if n := instructions.GetNetwork(c); n != "" && n != "default" {
 		return fmt.Errorf("RUN --network=%s is not supported yet", n)
 	}
-	args := s.args.Args()
+	args := s.run.scope.Args()
 	s.inputs = []digest.Digest{cache.StringsDigest(args)}
 	s.inputNames = map[string]string{}
 	for _, kv := range args {
@@ -43,7 +43,7 @@ func (s *stepExec) prepareRun(c *instructions.RunCommand) error {
 // runArgs is the argv a RUN executes: the shell plus the command line for
 // the shell form, a heredoc's body as the script, or the exec form as is.
 func (s *stepExec) runArgs(c *instructions.RunCommand) []string {
-	cfg := &s.state.config.Config
+	cfg := &s.run.state.config.Config
 	args := c.CmdLine
 	if len(c.Files) > 0 && len(args) == 1 {
 		if parser.MustParseHeredoc(args[0]) != nil {
@@ -71,8 +71,8 @@ func (s *stepExec) runArgs(c *instructions.RunCommand) []string {
 
 func (s *stepExec) executeRun(ctx context.Context, c *instructions.RunCommand) (*cache.Record, error) {
 	opts := s.b.opts
-	cfg := &s.state.config.Config
-	layers := s.state.snapshotLayers()
+	cfg := &s.run.state.config.Config
+	layers := s.run.state.snapshotLayers()
 	id, err := resolveUser(imageFiles(ctx, opts.Snapshots, layers), cfg.User)
 	if err != nil {
 		return nil, err
@@ -84,7 +84,7 @@ func (s *stepExec) executeRun(ctx context.Context, c *instructions.RunCommand) (
 	defer snap.Release()
 
 	out := &lineWriter{emit: func(line string) {
-		opts.Progress(Event{Kind: KindLog, Stage: s.stage, Step: s.n, Steps: s.steps, Line: line})
+		opts.Progress(Event{Kind: KindLog, Stage: s.run.name, Step: s.n, Steps: s.run.steps, Line: line})
 	}}
 	cwd := cfg.WorkingDir
 	if cwd == "" {
@@ -93,7 +93,7 @@ func (s *stepExec) executeRun(ctx context.Context, c *instructions.RunCommand) (
 	err = sandbox.Run(ctx, sandbox.Spec{
 		Rootfs:    snap.Mounts(),
 		Args:      s.runArgs(c),
-		Env:       s.args.RunEnv(),
+		Env:       s.run.scope.RunEnv(),
 		Cwd:       cwd,
 		UID:       id.UID,
 		GID:       id.GID,

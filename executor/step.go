@@ -16,6 +16,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/minibuild/minibuild/buildctx"
 	"github.com/minibuild/minibuild/cache"
 	"github.com/minibuild/minibuild/copier"
 	"github.com/minibuild/minibuild/layer"
@@ -25,13 +26,11 @@ import (
 // stepExec is one instruction of a stage being keyed, looked up and, on a
 // miss, executed.
 type stepExec struct {
-	b        *builder
-	stage    string
-	step     parser.Step
-	n, steps int
-	state    *imageState
-	args     *parser.Scope
-	file     string
+	b    *builder
+	run  *stageRun
+	step parser.Step
+	n    int
+	file string
 
 	cmd   instructions.Command // expanded
 	canon string
@@ -45,8 +44,9 @@ type stepExec struct {
 	release func() error
 }
 
-// run keys the step, reuses or executes it, and returns its key.
-func (s *stepExec) run(ctx context.Context, parent digest.Digest, report func(Event)) (digest.Digest, error) {
+// exec keys the step, reuses or executes it, and returns its key.
+func (s *stepExec) exec(ctx context.Context, parent digest.Digest) (digest.Digest, error) {
+	report := s.run.report
 	start := time.Now()
 	instr := strings.TrimSpace(s.step.Original)
 	defer func() {
@@ -60,22 +60,22 @@ func (s *stepExec) run(ctx context.Context, parent digest.Digest, report func(Ev
 	}
 	key := cache.Key(parent, s.canon, s.inputs...)
 	opts := s.b.opts
-	if !s.b.missed && !opts.NoCache {
+	if !s.run.missed && !opts.NoCache {
 		if rec, err := opts.Cache.Get(key); err == nil && s.usable(rec) {
 			s.applyRecord(rec)
-			s.b.res.StepsCached++
+			s.b.count(true)
 			report(Event{Step: s.n, Instruction: instr, Status: StatusCached, Key: string(key), Duration: time.Since(start)})
 			return key, nil
 		}
 	}
 	var reason string
-	if !s.b.missed {
-		s.b.missed = true
+	if !s.run.missed {
+		s.run.missed = true
 		reason = "--no-cache"
 		if !opts.NoCache {
-			reason = opts.Cache.Explain(parent, s.canon, s.inputNames)
+			reason = opts.Cache.Explain(parent, s.where(), s.canon, s.inputNames)
 		}
-		s.b.res.FirstMiss = fmt.Sprintf("step %d/%d %s — %s", s.n, s.steps, instr, reason)
+		s.b.noteMiss(s.run, fmt.Sprintf("step %d/%d %s — %s", s.n, s.run.steps, firstLine(instr), reason))
 	}
 	report(Event{Step: s.n, Instruction: instr, Status: StatusRunning, Key: string(key), Reason: reason})
 	rec, err := s.execute(ctx)
@@ -84,13 +84,18 @@ func (s *stepExec) run(ctx context.Context, parent digest.Digest, report func(Ev
 		return "", s.fail(err)
 	}
 	rec.Inputs = s.inputNames
-	if err := opts.Cache.Put(key, parent, s.canon, rec); err != nil {
+	if err := opts.Cache.Put(key, parent, s.where(), s.canon, rec); err != nil {
 		return "", s.fail(err)
 	}
 	s.applyRecord(rec)
-	s.b.res.StepsBuilt++
+	s.b.count(false)
 	report(Event{Step: s.n, Instruction: instr, Status: StatusDone, Key: string(key), Duration: time.Since(start)})
 	return key, nil
+}
+
+// where names the step's place in this project, for miss explanations.
+func (s *stepExec) where() string {
+	return fmt.Sprintf("%s\x00%s\x00%d", s.b.opts.ContextDir, s.run.name, s.n)
 }
 
 // fail names the Dockerfile line and the step in an error.
@@ -102,7 +107,11 @@ func (s *stepExec) fail(err error) error {
 	if errors.As(err, &pe) {
 		return err
 	}
-	return parser.Errorf(s.file, s.step.Line, "step %d/%d %s: %v", s.n, s.steps, firstLine(s.step.Original), err)
+	stage := ""
+	if len(s.b.df.Stages) > 1 {
+		stage = "stage " + s.run.name + ", "
+	}
+	return parser.Errorf(s.file, s.step.Line, "%sstep %d/%d %s: %v", stage, s.n, s.run.steps, firstLine(s.step.Original), err)
 }
 
 // usable checks that a record's layer is really in the store: the index
@@ -117,28 +126,28 @@ func (s *stepExec) applyRecord(rec *cache.Record) {
 		r.History.Created = v1.Time{Time: e.UTC()}
 	}
 	if r.History.Author != "" {
-		s.state.config.Author = r.History.Author
+		s.run.state.config.Author = r.History.Author
 	}
-	s.state.apply(&r)
+	s.run.state.apply(&r)
 }
 
 // prepare expands the instruction, applies its effect on the ARG scope,
 // computes its inputs and readies its execution.
 func (s *stepExec) prepare(ctx context.Context) error {
-	cfg := &s.state.config.Config
+	cfg := &s.run.state.config.Config
 	if arg, ok := s.step.Cmd.(*instructions.ArgCommand); ok {
 		// ARG defaults expand with the scope as it is, then join it.
-		if _, err := s.args.Arg(arg); err != nil {
+		if _, err := s.run.scope.Arg(arg); err != nil {
 			return err
 		}
 	}
-	cmd, err := parser.Expand(s.step.Cmd, s.args.ExpandEnv(), s.b.df.Escape)
+	cmd, err := parser.Expand(s.step.Cmd, s.run.scope.ExpandEnv(), s.b.df.Escape)
 	if err != nil {
 		return err
 	}
 	if env, ok := cmd.(*instructions.EnvCommand); ok {
 		for _, kv := range env.Env {
-			s.args.SetEnv(kv.Key, kv.Value)
+			s.run.scope.SetEnv(kv.Key, kv.Value)
 		}
 	}
 	s.cmd = cmd
@@ -147,18 +156,15 @@ func (s *stepExec) prepare(ctx context.Context) error {
 	case *instructions.RunCommand:
 		return s.prepareRun(c)
 	case *instructions.CopyCommand:
-		if c.From != "" {
-			return fmt.Errorf("COPY --from is not supported yet")
-		}
 		if c.Parents || len(c.ExcludePatterns) > 0 {
 			return fmt.Errorf("COPY --parents and --exclude are not supported")
 		}
-		return s.prepareCopy(ctx, c.SourcesAndDest, c.Chown, c.Chmod, false, "")
+		return s.prepareCopy(ctx, c.SourcesAndDest, c.Chown, c.Chmod, false, "", c.From)
 	case *instructions.AddCommand:
 		if len(c.ExcludePatterns) > 0 {
 			return fmt.Errorf("ADD --exclude is not supported")
 		}
-		return s.prepareCopy(ctx, c.SourcesAndDest, c.Chown, c.Chmod, true, c.Checksum)
+		return s.prepareCopy(ctx, c.SourcesAndDest, c.Chown, c.Chmod, true, c.Checksum, "")
 	case *instructions.WorkdirCommand:
 		return s.prepareWorkdir(ctx, c)
 	}
@@ -223,10 +229,10 @@ func (s *stepExec) applyMetadata(cfg *v1.Config, cmd instructions.Command) (auth
 		}
 	case *instructions.CmdCommand:
 		cfg.Cmd = s.withShell(cfg, c.ShellDependantCmdLine)
-		s.state.cmdSet = true
+		s.run.state.cmdSet = true
 	case *instructions.EntrypointCommand:
 		cfg.Entrypoint = s.withShell(cfg, c.ShellDependantCmdLine)
-		if !s.state.cmdSet {
+		if !s.run.state.cmdSet {
 			cfg.Cmd = nil
 		}
 	case *instructions.ShellCommand:
@@ -292,7 +298,7 @@ func shellOf(cfg *v1.Config) []string {
 // prepareWorkdir sets the working dir and, when it does not exist in the
 // image, creates it in a small layer (as BuildKit does).
 func (s *stepExec) prepareWorkdir(ctx context.Context, c *instructions.WorkdirCommand) error {
-	cfg := &s.state.config.Config
+	cfg := &s.run.state.config.Config
 	dir := c.Path
 	if !path.IsAbs(dir) {
 		base := cfg.WorkingDir
@@ -334,7 +340,7 @@ func (s *stepExec) prepareWorkdir(ctx context.Context, c *instructions.WorkdirCo
 func (s *stepExec) missingDirs(ctx context.Context, dir string) ([]string, error) {
 	var missing []string
 	for d := dir; d != "/"; d = path.Dir(d) {
-		_, err := s.b.opts.Snapshots.Stat(ctx, s.state.snapshotLayers(), d)
+		_, err := s.b.opts.Snapshots.Stat(ctx, s.run.state.snapshotLayers(), d)
 		if err == nil {
 			break
 		}
@@ -357,9 +363,9 @@ func (s *stepExec) layerTime() time.Time {
 
 // prepareCopy plans a COPY or ADD from the context: the plan's key covers
 // exactly the files that will land.
-func (s *stepExec) prepareCopy(ctx context.Context, sd instructions.SourcesAndDest, chown, chmod string, isAdd bool, checksum string) error {
-	cfg := &s.state.config.Config
-	layers := s.state.snapshotLayers()
+func (s *stepExec) prepareCopy(ctx context.Context, sd instructions.SourcesAndDest, chown, chmod string, isAdd bool, checksum, from string) error {
+	cfg := &s.run.state.config.Config
+	layers := s.run.state.snapshotLayers()
 	req := copier.Request{
 		Sources: sd.SourcePaths,
 		Dest:    sd.DestPath,
@@ -394,18 +400,34 @@ func (s *stepExec) prepareCopy(ctx context.Context, sd instructions.SourcesAndDe
 	for _, h := range sd.SourceContents {
 		req.Heredocs = append(req.Heredocs, copier.Heredoc{Name: h.Path, Data: h.Data})
 	}
-	var bctx = s.b.bctx
-	if len(sd.SourcePaths) > 0 {
-		var err error
-		if bctx, err = s.b.context(ctx); err != nil {
+	var src *buildctx.Context
+	var err error
+	switch {
+	case from != "":
+		if src, err = s.b.fromSource(ctx, s.run.index, from); err != nil {
+			return err
+		}
+		req.KeepOwner = true
+	case len(sd.SourcePaths) > 0:
+		if src, err = s.b.context(ctx); err != nil {
 			return err
 		}
 	}
-	plan, err := copier.Plan(ctx, bctx, req)
+	if from != "" {
+		s.release = src.Close // after the layer is written: Write reads through it
+	}
+	plan, err := copier.Plan(ctx, src, req)
 	if err != nil {
 		return err
 	}
-	s.release = plan.Close
+	closeSrc := s.release
+	s.release = func() error {
+		err := plan.Close()
+		if closeSrc != nil {
+			closeSrc()
+		}
+		return err
+	}
 	s.inputs = []digest.Digest{plan.Key()}
 	s.inputNames = plan.Inputs()
 	s.execute = func(ctx context.Context) (*cache.Record, error) {

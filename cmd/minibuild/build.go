@@ -83,6 +83,9 @@ func runBuild(ctx context.Context, b *buildOptions, contextDir string) error {
 	if fi, err := os.Stat(contextDir); err != nil || !fi.IsDir() {
 		return fmt.Errorf("context %s: not a directory", contextDir)
 	}
+	if abs, err := filepath.Abs(contextDir); err == nil {
+		contextDir = abs
+	}
 	dockerfile, dfName, err := readDockerfile(b.file, contextDir)
 	if err != nil {
 		return err

@@ -1,0 +1,168 @@
+package snapshot
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// View returns a directory holding the merged rootfs of a chain, for
+// reading (COPY --from). It is built once per chain under
+// root/snapshots/views/<chain id> out of hard links into the extracted
+// layers, so it costs no copy of file data, and being immutable it keeps
+// its inodes and ctimes: a stat cache over it stays valid across builds.
+// Callers must never write into it.
+func (sn *Snapshotter) View(ctx context.Context, layers []Layer) (string, error) {
+	ids, err := sn.ensure(ctx, layers)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	for _, id := range ids {
+		fmt.Fprintf(h, "%s\n", id)
+	}
+	viewsDir := filepath.Join(filepath.Dir(sn.layersDir), "views")
+	dst := filepath.Join(viewsDir, hex.EncodeToString(h.Sum(nil))[:32])
+	if _, err := os.Lstat(dst); err == nil {
+		return dst, nil
+	}
+	if err := os.MkdirAll(viewsDir, 0o700); err != nil {
+		return "", fmt.Errorf("create view: %w", err)
+	}
+	tmp, release, err := sn.tempDir("v")
+	if err != nil {
+		return "", err
+	}
+	defer release()
+	root := filepath.Join(tmp, "root")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		return "", fmt.Errorf("create view: %w", err)
+	}
+	if err := mergeLayers(ctx, sn.chainOf(ids), root); err != nil {
+		return "", fmt.Errorf("create view: %w", err)
+	}
+	if err := os.Rename(root, dst); err != nil {
+		if _, statErr := os.Lstat(dst); statErr == nil {
+			return dst, nil // a concurrent build made the same view
+		}
+		return "", fmt.Errorf("create view: %w", err)
+	}
+	return dst, nil
+}
+
+// mergeLayers fills root with the union of the chain's layer dirs (top
+// first), as overlayfs would show it: the topmost entry wins, whiteouts
+// hide a path and what is below it, opaque dirs hide the lower layers'
+// content. Files are hard-linked, dirs and symlinks recreated with their
+// owners and modes; devices and fifos are left out.
+func mergeLayers(ctx context.Context, c chain, root string) error {
+	hidden := map[string]bool{} // paths hidden from the layers still to come
+	var dirs []dirTime          // mtimes to restore once the dirs are filled
+	isHidden := func(rel string) bool {
+		for p := rel; ; p = filepath.Dir(p) {
+			if hidden[p] {
+				return true
+			}
+			if p == "." || p == "/" {
+				return false
+			}
+		}
+	}
+	for _, dir := range c {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var hideNext []string
+		err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			rel, _ := filepath.Rel(dir, p)
+			if rel == "." {
+				return nil
+			}
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			if isHidden(rel) {
+				return skip(d)
+			}
+			if isWhiteout(fi) {
+				hideNext = append(hideNext, rel)
+				return nil
+			}
+			target := filepath.Join(root, rel)
+			if prev, err := os.Lstat(target); err == nil {
+				if prev.IsDir() && d.IsDir() {
+					if isOpaque(p) {
+						hideNext = append(hideNext, rel)
+					}
+					return nil // merge into the upper dir
+				}
+				return skip(d) // an upper layer's entry wins
+			}
+			if d.IsDir() {
+				if isOpaque(p) {
+					hideNext = append(hideNext, rel)
+				}
+				dirs = append(dirs, dirTime{target, fi.ModTime()})
+			}
+			return placeEntry(p, target, fi)
+		})
+		if err != nil {
+			return err
+		}
+		for _, rel := range hideNext {
+			hidden[rel] = true
+		}
+	}
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if err := setTimes(dirs[i].path, dirs[i].mtime); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func skip(d fs.DirEntry) error {
+	if d.IsDir() {
+		return filepath.SkipDir
+	}
+	return nil
+}
+
+// placeEntry puts one layer entry into the view.
+func placeEntry(src, dst string, fi fs.FileInfo) error {
+	st, _ := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case fi.Mode().IsRegular():
+		return os.Link(src, dst)
+	case fi.IsDir():
+		if err := os.Mkdir(dst, fi.Mode().Perm()); err != nil {
+			return err
+		}
+		if err := os.Chmod(dst, fi.Mode()&(fs.ModePerm|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky)); err != nil {
+			return err
+		}
+	case fi.Mode()&fs.ModeSymlink != 0:
+		link, err := os.Readlink(src)
+		if err != nil {
+			return err
+		}
+		if err := os.Symlink(link, dst); err != nil {
+			return err
+		}
+	default:
+		return nil
+	}
+	if st != nil {
+		return os.Lchown(dst, int(st.Uid), int(st.Gid))
+	}
+	return nil
+}
