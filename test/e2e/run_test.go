@@ -148,3 +148,23 @@ CMD ["cat", "/artifact"]
 		t.Errorf("identical final content gave a new image: %s vs %s", b2.res.ImageID, b1.res.ImageID)
 	}
 }
+
+// RUN steps that change nothing give identical empty layers; a chain of them
+// must still mount and build (the same layer twice in a row below a RUN).
+func TestRepeatedEmptyLayers(t *testing.T) {
+	e := newEnv(t)
+	ctx := project(t, "FROM busybox\nRUN true\nRUN true\nRUN true\nRUN echo ok > /ok.txt\n", nil)
+	out := filepath.Join(t.TempDir(), "rootfs")
+	b := e.build(ctx, nil, "-t", "empties:1", "-o", "type=local,dest="+out)
+	b.checkConsistent(t)
+	if got := readFile(t, filepath.Join(out, "ok.txt")); got != "ok\n" {
+		t.Errorf("/ok.txt = %q", got)
+	}
+	// --no-cache executes them all again.
+	nc := e.build(ctx, nil, "-t", "empties:1", "--no-cache")
+	for _, s := range nc.steps[1:] {
+		if s.Status != "done" {
+			t.Errorf("--no-cache: step %d %q is %s, want done", s.Step, s.Instruction, s.Status)
+		}
+	}
+}
