@@ -1,0 +1,350 @@
+// Package remote exports instruction cache records to, and imports them
+// from, places other hosts can reach: a registry (an OCI artifact), a
+// directory (an OCI layout, for CI caches) or the pushed image itself
+// (inline, a manifest annotation).
+//
+// The artifact is an OCI image manifest whose config blob (media type
+// ConfigMediaType) maps cache keys to records, and whose layers are the
+// very layer blobs the records name. Since those are the image's own
+// layers, a registry that has the image already has them: exporting the
+// cache uploads only the small config and the manifest. Keys are content
+// (DESIGN.md invariant 1), so a record made on one host is valid on any.
+//
+// Importing never fails a build: a missing, corrupt or foreign ref is an
+// error the caller reports as a warning before building without it.
+package remote
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/minibuild/minibuild/cache"
+	"github.com/minibuild/minibuild/registry"
+	"github.com/minibuild/minibuild/store"
+)
+
+// Media types and annotations of the cache artifact.
+const (
+	// ConfigMediaType is the artifact's config blob: the records.
+	ConfigMediaType = "application/vnd.minibuild.cache.config.v1+json"
+	// InlineAnnotation holds the records in an image manifest (type=inline).
+	InlineAnnotation = "dev.minibuild.cache.v1"
+	// LayoutRefName names the cache manifest in a type=local OCI layout.
+	LayoutRefName = "minibuild-cache"
+)
+
+// configVersion is the version of Config; another version is foreign.
+const configVersion = 1
+
+// maxConfigSize bounds what an import reads before parsing.
+const maxConfigSize = 64 << 20
+
+// Config is the artifact's config blob: cache key → record.
+type Config struct {
+	Version int                             `json:"version"`
+	Records map[digest.Digest]*cache.Record `json:"records"`
+}
+
+// Spec is one parsed --cache-to or --cache-from.
+type Spec struct {
+	Type string // "registry", "local" or "inline"
+	Ref  string // type=registry: the artifact's (or, for --cache-from, an image's) reference
+	Dir  string // type=local: dest (export) or src (import)
+	Mode string // "min" (the exported image's steps) or "max" (every step of every stage)
+}
+
+// ParseSpec parses buildx-style cache options: "type=registry,ref=R[,mode=max]",
+// "type=local,dest=DIR" (export) or "type=local,src=DIR" (import),
+// "type=inline", or a bare reference meaning type=registry.
+func ParseSpec(s string, export bool) (Spec, error) {
+	flag := "--cache-from"
+	if export {
+		flag = "--cache-to"
+	}
+	if !strings.Contains(s, "=") {
+		if s == "" {
+			return Spec{}, fmt.Errorf("%s: empty value", flag)
+		}
+		return Spec{Type: "registry", Ref: s, Mode: "min"}, nil
+	}
+	sp := Spec{Mode: "min"}
+	for _, field := range strings.Split(s, ",") {
+		k, v, _ := strings.Cut(field, "=")
+		switch k = strings.TrimSpace(k); k {
+		case "type":
+			sp.Type = v
+		case "ref":
+			sp.Ref = v
+		case "dest":
+			if !export {
+				return sp, fmt.Errorf("%s %q: dest is for --cache-to; use src", flag, s)
+			}
+			sp.Dir = v
+		case "src":
+			if export {
+				return sp, fmt.Errorf("%s %q: src is for --cache-from; use dest", flag, s)
+			}
+			sp.Dir = v
+		case "mode":
+			if v != "min" && v != "max" {
+				return sp, fmt.Errorf("%s %q: mode must be min or max", flag, s)
+			}
+			sp.Mode = v
+		case "image-manifest", "oci-mediatypes", "compression", "ignore-error":
+			// buildx options that minibuild's format makes moot.
+		default:
+			return sp, fmt.Errorf("%s %q: unknown key %q", flag, s, k)
+		}
+	}
+	switch sp.Type {
+	case "registry":
+		if sp.Ref == "" {
+			return sp, fmt.Errorf("%s %q: type=registry needs ref=", flag, s)
+		}
+	case "local":
+		if sp.Dir == "" {
+			return sp, fmt.Errorf("%s %q: type=local needs %s=", flag, s, map[bool]string{true: "dest", false: "src"}[export])
+		}
+	case "inline":
+		if !export {
+			return sp, fmt.Errorf("%s %q: to use inline records, give the image's reference", flag, s)
+		}
+		if sp.Mode == "max" {
+			return sp, fmt.Errorf("%s %q: type=inline holds only the image's steps (mode=min)", flag, s)
+		}
+	default:
+		return sp, fmt.Errorf("%s %q: type must be registry, local or inline", flag, s)
+	}
+	return sp, nil
+}
+
+// Collect reads the records of keys from idx. A record that misses, or
+// whose layer the store lacks, is left out: an export never names a blob
+// it cannot provide.
+func Collect(s *store.Store, idx *cache.Index, keys []digest.Digest) *Config {
+	c := &Config{Version: configVersion, Records: map[digest.Digest]*cache.Record{}}
+	for _, k := range keys {
+		rec, err := idx.Get(k)
+		if err != nil || rec.Layer != nil && !s.HasBlob(rec.Layer.Digest) {
+			continue
+		}
+		c.Records[k] = rec
+	}
+	return c
+}
+
+// layers lists the distinct layer descriptors the records name, sorted.
+func (c *Config) layers() []v1.Descriptor {
+	byDigest := map[digest.Digest]v1.Descriptor{}
+	for _, r := range c.Records {
+		if r.Layer == nil {
+			continue
+		}
+		h, err := v1.NewHash(r.Layer.Digest.String())
+		if err != nil {
+			continue
+		}
+		mt := types.MediaType(r.Layer.MediaType)
+		if mt == "" {
+			mt = types.OCILayer
+		}
+		byDigest[r.Layer.Digest] = v1.Descriptor{MediaType: mt, Size: r.Layer.Size, Digest: h}
+	}
+	var out []v1.Descriptor
+	for _, k := range slices.Sorted(maps.Keys(byDigest)) {
+		out = append(out, byDigest[k])
+	}
+	return out
+}
+
+// Only keeps the records whose layer is one of layers (and those without
+// a layer): for inline records, which can only name the image's layers.
+func (c *Config) Only(layers []v1.Hash) *Config {
+	out := &Config{Version: c.Version, Records: map[digest.Digest]*cache.Record{}}
+	for k, r := range c.Records {
+		if r.Layer == nil || slices.ContainsFunc(layers, func(h v1.Hash) bool { return h.String() == r.Layer.Digest.String() }) {
+			out.Records[k] = r
+		}
+	}
+	return out
+}
+
+// artifact builds the cache manifest and its config blob.
+func (c *Config) artifact() (manifest, config []byte, err error) {
+	config, err = json.Marshal(c)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode cache records: %w", err)
+	}
+	ch, size, err := v1.SHA256(bytes.NewReader(config))
+	if err != nil {
+		return nil, nil, err
+	}
+	m := v1.Manifest{
+		SchemaVersion: 2,
+		MediaType:     types.OCIManifestSchema1,
+		Config:        v1.Descriptor{MediaType: ConfigMediaType, Size: size, Digest: ch},
+		Layers:        c.layers(),
+		Annotations:   map[string]string{"org.opencontainers.image.title": "minibuild instruction cache"},
+	}
+	if m.Layers == nil {
+		m.Layers = []v1.Descriptor{}
+	}
+	manifest, err = json.Marshal(m)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode cache manifest: %w", err)
+	}
+	return manifest, config, nil
+}
+
+// Encode is the records as the inline annotation's value.
+func (c *Config) Encode() (string, error) {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return "", fmt.Errorf("encode cache records: %w", err)
+	}
+	return string(b), nil
+}
+
+// decodeConfig parses and validates records; anything else is foreign.
+func decodeConfig(b []byte) (*Config, error) {
+	var c Config
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("not minibuild cache records: %w", err)
+	}
+	if c.Version != configVersion {
+		return nil, fmt.Errorf("cache records of version %d; this minibuild reads version %d", c.Version, configVersion)
+	}
+	for k, r := range c.Records {
+		if k.Validate() != nil || r == nil || r.Layer != nil && r.Layer.Digest.Validate() != nil {
+			delete(c.Records, k)
+		}
+	}
+	return &c, nil
+}
+
+// ExportRegistry pushes c to ref as an artifact. Its layers come from s
+// and, being the image's layers, are usually already there (exists) or
+// mountable.
+func ExportRegistry(ctx context.Context, s *store.Store, c *Config, ref string, opts registry.Options) (v1.Hash, error) {
+	raw, config, err := c.artifact()
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	var m v1.Manifest
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return v1.Hash{}, err
+	}
+	blobs := []registry.Blob{{Desc: m.Config, Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(config)), nil }}}
+	for _, l := range m.Layers {
+		blobs = append(blobs, registry.StoreBlob(s, l))
+	}
+	h, err := registry.PushManifest(ctx, s, ref, raw, types.OCIManifestSchema1, blobs, opts)
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("export cache: %w", err)
+	}
+	return h, nil
+}
+
+// Source is an imported cache: records and where to fetch their layers.
+// It satisfies executor.CacheSource.
+type Source struct {
+	Name    string // the ref or directory, for messages
+	records map[digest.Digest]*cache.Record
+	store   *store.Store
+	fetch   func(ctx context.Context, d v1.Descriptor) error
+}
+
+// Len is the number of records.
+func (src *Source) Len() int { return len(src.records) }
+
+// Record returns the record of key, if the source has one.
+func (src *Source) Record(key digest.Digest) (*cache.Record, bool) {
+	r, ok := src.records[key]
+	if !ok {
+		return nil, false
+	}
+	c := *r
+	return &c, true
+}
+
+// FetchLayer brings l's blob into the store (verified), unless it is there.
+func (src *Source) FetchLayer(ctx context.Context, l cache.Layer) error {
+	if src.store.HasBlob(l.Digest) {
+		return nil
+	}
+	h, err := v1.NewHash(l.Digest.String())
+	if err != nil {
+		return err
+	}
+	if err := src.fetch(ctx, v1.Descriptor{Digest: h, Size: l.Size, MediaType: types.MediaType(l.MediaType)}); err != nil {
+		return fmt.Errorf("fetch cached layer %s from %s: %w", l.Digest, src.Name, err)
+	}
+	return nil
+}
+
+// ImportRegistry reads the cache at ref: a cache artifact, or an image
+// pushed with inline records. Layers are fetched later, only those a hit
+// needs, from ref's repository.
+func ImportRegistry(ctx context.Context, s *store.Store, ref string, opts registry.Options) (*Source, error) {
+	raw, mt, _, err := registry.Manifest(ctx, ref, opts)
+	if err != nil {
+		return nil, err
+	}
+	r, err := registry.Reference(ref, opts.Insecure)
+	if err != nil {
+		return nil, err
+	}
+	repo := r.Context().RegistryStr() + "/" + r.Context().RepositoryStr()
+	c, err := configFromManifest(raw, mt, func(d v1.Descriptor) ([]byte, error) {
+		return registry.ReadBlob(ctx, repo, d, maxConfigSize, opts)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cache %s: %w", ref, err)
+	}
+	opts.Progress = nil
+	return &Source{Name: ref, records: c.Records, store: s, fetch: func(ctx context.Context, d v1.Descriptor) error {
+		return registry.FetchBlob(ctx, s, repo, d, opts)
+	}}, nil
+}
+
+// configFromManifest finds the records of an artifact manifest or of an
+// image manifest's inline annotation.
+func configFromManifest(raw []byte, mt types.MediaType, readBlob func(v1.Descriptor) ([]byte, error)) (*Config, error) {
+	if mt != types.OCIManifestSchema1 && mt != types.DockerManifestSchema2 {
+		return nil, fmt.Errorf("holds a %s, not a minibuild cache", mt)
+	}
+	m, err := v1.ParseManifest(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("parse manifest: %w", err)
+	}
+	if m.Config.MediaType == ConfigMediaType {
+		b, err := readBlob(m.Config)
+		if err != nil {
+			return nil, err
+		}
+		return decodeConfig(b)
+	}
+	if v, ok := m.Annotations[InlineAnnotation]; ok {
+		c, err := decodeConfig([]byte(v))
+		if err != nil {
+			return nil, err
+		}
+		var layers []v1.Hash
+		for _, l := range m.Layers {
+			layers = append(layers, l.Digest)
+		}
+		return c.Only(layers), nil
+	}
+	return nil, errors.New("holds neither a minibuild cache nor an image with inline cache records")
+}
