@@ -50,6 +50,8 @@ type Options struct {
 	Progress func(Event)
 	// Jobs bounds how many stages build at once (default: the CPUs).
 	Jobs int
+	// CacheFrom are imported caches, consulted after the local index.
+	CacheFrom []CacheSource
 }
 
 // Result describes a finished build.
@@ -62,6 +64,10 @@ type Result struct {
 	// FirstMiss explains the first step that missed the cache, e.g.
 	// "step 5/7 COPY app.py ./ — app.py changed"; empty when all hit.
 	FirstMiss string
+	// StepKeys are the keys of every step of every stage that ran, and
+	// ImageKeys those of the steps the image is made of: what
+	// --cache-to mode=max and mode=min export.
+	StepKeys, ImageKeys []digest.Digest
 }
 
 // builder holds one build's state. Stages run concurrently, so what they
@@ -79,6 +85,7 @@ type builder struct {
 	mu     sync.Mutex
 	stages map[int]*stageResult
 	res    Result
+	keys   map[int][]digest.Digest // step keys by stage, for --cache-to
 }
 
 // stageResult is a finished stage: its image state, ARG/ENV scope and
@@ -147,6 +154,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 	b.res.Image, b.res.Digest, b.res.ID = img, h, id
+	b.res.StepKeys, b.res.ImageKeys = b.cacheKeys(target)
 	return &b.res, nil
 }
 

@@ -59,9 +59,10 @@ func (s *stepExec) exec(ctx context.Context, parent digest.Digest) (digest.Diges
 		return "", s.fail(err)
 	}
 	key := cache.Key(parent, s.canon, s.inputs...)
+	s.b.noteKey(s.run.index, key)
 	opts := s.b.opts
 	if !s.run.missed && !opts.NoCache {
-		if rec, err := opts.Cache.Get(key); err == nil && s.usable(rec) {
+		if rec, ok := s.lookup(ctx, key, parent); ok {
 			s.applyRecord(rec)
 			s.b.count(true)
 			report(Event{Step: s.n, Instruction: instr, Status: StatusCached, Key: string(key), Duration: time.Since(start)})
