@@ -37,7 +37,8 @@ func initMain() int {
 	unix.CloseOnExec(4)
 	status := os.NewFile(4, "status")
 	fail := func(err error) int {
-		json.NewEncoder(status).Encode(initStatus{Error: err.Error()})
+		var re rootfsError
+		json.NewEncoder(status).Encode(initStatus{Error: err.Error(), RootfsMount: errors.As(err, &re)})
 		return exitSetupFailed
 	}
 	specFile := os.NewFile(3, "spec")
@@ -121,14 +122,18 @@ func setupRoot(spec *initSpec) error {
 	}
 	m := spec.Rootfs[0]
 	// The mount point: Mount.Dir itself (shadowing it only in this
-	// namespace; relative options resolve against the cwd underneath),
-	// else /tmp, equally private here.
+	// namespace; relative options resolve against the cwd underneath), a
+	// bind's source itself, else /tmp, equally private here.
 	root := "/tmp"
-	if m.Dir != "" {
+	switch {
+	case m.Dir != "":
 		if err := os.Chdir(m.Dir); err != nil {
 			return fmt.Errorf("rootfs dir: %w", err)
 		}
 		root = m.Dir
+	case m.Type == "bind":
+		// Onto itself: shadowing /tmp would hide bind sources under it.
+		root = m.Source
 	}
 	flags := uintptr(0)
 	data := strings.Join(m.Options, ",")
@@ -136,13 +141,21 @@ func setupRoot(spec *initSpec) error {
 		flags, data = unix.MS_BIND|unix.MS_REC, ""
 	}
 	if err := unix.Mount(m.Source, root, m.Type, flags, data); err != nil {
-		return fmt.Errorf("mount rootfs (%s %s): %w", m.Type, data, err)
+		return rootfsError{fmt.Errorf("mount rootfs (%s %s): %w", m.Type, data, err)}
 	}
 	if err := os.Chdir(root); err != nil { // now inside the new mount
 		return err
 	}
 	if err := mountPseudo(root); err != nil {
 		return err
+	}
+	if err := mountExtra(root, spec.Mounts); err != nil {
+		return err
+	}
+	if spec.Network == NetworkNone {
+		if err := loopbackUp(); err != nil {
+			return fmt.Errorf("bring up loopback: %w", err)
+		}
 	}
 	hostname := spec.Hostname
 	if hostname == "" {
@@ -159,6 +172,11 @@ func setupRoot(spec *initSpec) error {
 	}
 	return os.Chdir("/")
 }
+
+// rootfsError marks a failure to mount the rootfs itself.
+type rootfsError struct{ error }
+
+func (e rootfsError) Unwrap() error { return e.error }
 
 // target returns root/rel when every component of rel exists and none is a
 // symlink (a symlink could point a mount anywhere), and the last is a dir

@@ -41,9 +41,49 @@ type Spec struct {
 	UID, GID  uint32
 	ExtraGIDs []uint32
 	Hostname  string // default "minibuild"
-	Stdout    io.Writer
-	Stderr    io.Writer
+	// Mounts are mounted inside the rootfs (RUN --mount), parents first.
+	Mounts []Mount
+	// Network is NetworkHost (the default: the host's network, so that
+	// package installs work) or NetworkNone (a fresh network namespace
+	// with only loopback, up).
+	Network Network
+	Stdout  io.Writer
+	Stderr  io.Writer
 }
+
+// Network is a RUN's network mode.
+type Network string
+
+// The network modes.
+const (
+	NetworkHost Network = "host"
+	NetworkNone Network = "none"
+)
+
+// Mount is one filesystem mounted inside the rootfs, in the sandbox's own
+// mount namespace: it disappears with the sandbox.
+type Mount struct {
+	// Target is an absolute path in the rootfs. Symlinks along it resolve
+	// inside the rootfs; a missing target is created (the snapshot's
+	// AddMountPoints keeps such stubs out of the layer).
+	Target string
+	// Type is "bind" (Source is a host file or dir), "file" (Data on a
+	// tmpfs private to the step, bound read-only at Target: secrets), or
+	// any mount(2) filesystem type ("tmpfs", "overlay") with Source and
+	// Options as its source and data.
+	Type     string
+	Source   string
+	Options  []string
+	ReadOnly bool
+	// Data, Mode, UID and GID describe a "file" mount's content and owner.
+	Data     []byte
+	Mode     uint32
+	UID, GID uint32
+}
+
+// ErrRootfsMount marks a sandbox that could not mount its root filesystem,
+// e.g. where overlayfs is refused; callers may retry with a copied rootfs.
+var ErrRootfsMount = errors.New("cannot mount the root filesystem")
 
 // ExitError reports a command that exited non-zero (128+N when killed by
 // signal N).
@@ -64,11 +104,15 @@ type initSpec struct {
 	UID, GID  uint32
 	ExtraGIDs []uint32
 	Hostname  string
+	Mounts    []Mount
+	Network   Network
 }
 
 // initStatus is what the init reports back when setup fails.
 type initStatus struct {
 	Error string
+	// RootfsMount tells that mounting the rootfs itself failed.
+	RootfsMount bool `json:",omitempty"`
 }
 
 // Exit codes of the init that are not the command's.
@@ -96,9 +140,18 @@ func Run(ctx context.Context, spec Spec) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	cloneflags := uintptr(syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC)
+	switch spec.Network {
+	case "", NetworkHost:
+	case NetworkNone:
+		cloneflags |= syscall.CLONE_NEWNET
+	default:
+		return fmt.Errorf("sandbox: unknown network mode %q", spec.Network)
+	}
 	payload, err := json.Marshal(initSpec{
 		Rootfs: spec.Rootfs, Args: spec.Args, Env: spec.Env, Cwd: spec.Cwd,
 		UID: spec.UID, GID: spec.GID, ExtraGIDs: spec.ExtraGIDs, Hostname: spec.Hostname,
+		Mounts: spec.Mounts, Network: spec.Network,
 	})
 	if err != nil {
 		return fmt.Errorf("sandbox: encode spec: %w", err)
@@ -123,7 +176,7 @@ func Run(ctx context.Context, spec Spec) error {
 		Stderr:     spec.Stderr,
 		ExtraFiles: []*os.File{specR, statW}, // fds 3 and 4
 		SysProcAttr: &syscall.SysProcAttr{
-			Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC,
+			Cloneflags: cloneflags,
 			Pdeathsig:  syscall.SIGKILL,
 			Setpgid:    true, // the terminal's ^C goes to us; we decide
 		},
@@ -175,6 +228,9 @@ func Run(ctx context.Context, spec Spec) error {
 		return fmt.Errorf("sandbox: %w", ctx.Err())
 	}
 	st := <-status
+	if st.RootfsMount {
+		return fmt.Errorf("sandbox: %s: %w", st.Error, ErrRootfsMount)
+	}
 	if st.Error != "" {
 		return fmt.Errorf("sandbox: %s", st.Error)
 	}

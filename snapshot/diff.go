@@ -31,8 +31,12 @@ type differ struct {
 // .wh..wh..opq entry, second names of an inode become hard links. The
 // sandbox's mount stubs (and dirs created only to hold them) are left out.
 func (s *Snapshot) Diff(w *layer.Writer) error {
-	d := &differ{s: s, w: w, upper: s.upper(), links: map[inodeKey]string{}}
-	if err := d.walkDir(""); err != nil {
+	d := &differ{s: s, w: w, upper: s.writable(), links: map[inodeKey]string{}}
+	walk := d.walkDir
+	if s.copied {
+		walk = func(rel string) error { return d.walkCopy(rel, false) }
+	}
+	if err := walk(""); err != nil {
 		return fmt.Errorf("diff snapshot: %w", err)
 	}
 	return nil
@@ -81,27 +85,9 @@ func (d *differ) entry(rel string) error {
 			ModTime: fi.ModTime(), Uid: int(st.Uid), Gid: int(st.Gid),
 		}, nil)
 	}
-	var link string
-	if fi.Mode()&fs.ModeSymlink != 0 {
-		if link, err = os.Readlink(hostPath); err != nil {
-			return err
-		}
-	}
-	hdr, err := tar.FileInfoHeader(fi, link)
+	hdr, err := header(rel, hostPath, fi)
 	if err != nil {
-		return fmt.Errorf("%s: %w", rel, err)
-	}
-	hdr.Name = rel
-	hdr.Uid, hdr.Gid = int(st.Uid), int(st.Gid)
-	hdr.Uname, hdr.Gname = "", ""
-	hdr.Mode = int64(st.Mode & 0o7777)
-	for _, x := range keptXattrs {
-		if v, ok := getXattr(hostPath, x); ok {
-			if hdr.PAXRecords == nil {
-				hdr.PAXRecords = map[string]string{}
-			}
-			hdr.PAXRecords["SCHILY.xattr."+x] = v
-		}
+		return err
 	}
 	if fi.IsDir() {
 		hdr.Name += "/"
@@ -129,22 +115,58 @@ func (d *differ) entry(rel string) error {
 		return d.walkDir(rel)
 	}
 	if fi.Mode().IsRegular() {
-		if st.Nlink > 1 {
-			key := inodeKey{uint64(st.Dev), st.Ino}
-			if first, ok := d.links[key]; ok {
-				hdr.Typeflag, hdr.Linkname, hdr.Size, hdr.PAXRecords = tar.TypeLink, first, 0, nil
-				return d.emit(hdr, nil)
-			}
-			d.links[key] = rel
-		}
-		f, err := os.Open(hostPath)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		return d.emit(hdr, f)
+		return d.emitFile(rel, hostPath, hdr, st)
 	}
 	return d.emit(hdr, nil)
+}
+
+// header is the layer entry for the file at hostPath, named rel: owner,
+// mode, mtime, link target and the kept xattrs; no uname/gname.
+func header(rel, hostPath string, fi fs.FileInfo) (*tar.Header, error) {
+	st := fi.Sys().(*syscall.Stat_t)
+	var link string
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		var err error
+		if link, err = os.Readlink(hostPath); err != nil {
+			return nil, err
+		}
+	}
+	hdr, err := tar.FileInfoHeader(fi, link)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", rel, err)
+	}
+	hdr.Name = rel
+	hdr.Uid, hdr.Gid = int(st.Uid), int(st.Gid)
+	hdr.Uname, hdr.Gname = "", ""
+	hdr.Mode = int64(st.Mode & 0o7777)
+	for _, x := range keptXattrs {
+		if v, ok := getXattr(hostPath, x); ok {
+			if hdr.PAXRecords == nil {
+				hdr.PAXRecords = map[string]string{}
+			}
+			hdr.PAXRecords["SCHILY.xattr."+x] = v
+		}
+	}
+	return hdr, nil
+}
+
+// emitFile emits a regular file, or a hard link to the first emitted name
+// of its inode.
+func (d *differ) emitFile(rel, hostPath string, hdr *tar.Header, st *syscall.Stat_t) error {
+	if st.Nlink > 1 {
+		key := inodeKey{uint64(st.Dev), st.Ino}
+		if first, ok := d.links[key]; ok {
+			hdr.Typeflag, hdr.Linkname, hdr.Size, hdr.PAXRecords = tar.TypeLink, first, 0, nil
+			return d.emit(hdr, nil)
+		}
+		d.links[key] = rel
+	}
+	f, err := os.Open(hostPath)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return d.emit(hdr, f)
 }
 
 func getXattr(p, name string) (string, bool) {

@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -201,4 +202,61 @@ func (sn *Snapshotter) ReadFile(ctx context.Context, layers []Layer, p string) (
 		return nil, fmt.Errorf("read %s: not a regular file", p)
 	}
 	return os.ReadFile(hostPath)
+}
+
+// canonical resolves p through the chain as the kernel would inside the
+// rootfs (every symlink followed, never out of it) and returns the clean
+// relative path it names. Components past the first missing one are kept
+// as written (".." applied lexically): that is where a mount point would
+// be created.
+func (c chain) canonical(p string) (string, error) {
+	todo := splitPath(p)
+	var done []string
+	for links := 0; len(todo) > 0; {
+		name := todo[0]
+		todo = todo[1:]
+		if name == ".." {
+			if len(done) > 0 {
+				done = done[:len(done)-1]
+			}
+			continue
+		}
+		cur := append(done[:len(done):len(done)], name)
+		hostPath, fi, err := c.lookup(strings.Join(cur, "/"))
+		if errors.Is(err, fs.ErrNotExist) {
+			done = cur
+			for _, n := range todo {
+				if n == ".." {
+					if len(done) > 0 {
+						done = done[:len(done)-1]
+					}
+				} else {
+					done = append(done, n)
+				}
+			}
+			return strings.Join(done, "/"), nil
+		}
+		if err != nil {
+			return "", err
+		}
+		if fi.Mode()&fs.ModeSymlink == 0 {
+			if len(todo) > 0 && !fi.IsDir() {
+				return "", syscall.ENOTDIR
+			}
+			done = cur
+			continue
+		}
+		if links++; links > 255 {
+			return "", syscall.ELOOP
+		}
+		target, err := os.Readlink(hostPath)
+		if err != nil {
+			return "", err
+		}
+		if strings.HasPrefix(target, "/") {
+			done = nil
+		}
+		todo = append(splitPath(target), todo...)
+	}
+	return strings.Join(done, "/"), nil
 }

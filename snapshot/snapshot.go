@@ -21,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -68,13 +69,45 @@ type Snapshotter struct {
 	blobs     BlobOpener
 	layersDir string
 	tmpDir    string
+	cacheDir  string
+	kind      Kind
+	// overlayFailed is set once an overlay mount failed in KindAuto: the
+	// rest of this process copies.
+	overlayFailed atomic.Bool
+}
+
+// Kind selects how a snapshot's rootfs is made.
+type Kind string
+
+// The snapshotter kinds.
+const (
+	// KindAuto uses overlay until an overlay mount fails once, then copy.
+	KindAuto Kind = "auto"
+	// KindOverlay stacks the extracted layers under a fresh upper dir.
+	KindOverlay Kind = "overlay"
+	// KindCopy copies the merged chain into a plain dir (for hosts that
+	// refuse overlayfs) and diffs it against what it copied. The layers
+	// are the same as overlay's.
+	KindCopy Kind = "copy"
+)
+
+// ParseKind parses a --snapshotter value ("" is auto).
+func ParseKind(s string) (Kind, error) {
+	switch k := Kind(s); k {
+	case "":
+		return KindAuto, nil
+	case KindAuto, KindOverlay, KindCopy:
+		return k, nil
+	}
+	return "", fmt.Errorf("unknown snapshotter %q (want auto, overlay or copy)", s)
 }
 
 // emptyDir is the lower dir of an empty chain (FROM scratch); it cannot
 // collide with a layer id, which is hex.
 const emptyDir = "empty"
 
-// New returns a Snapshotter keeping its data under root/snapshots.
+// New returns a Snapshotter keeping its data under root/snapshots. Its
+// kind is KindAuto until SetKind.
 func New(root string, blobs BlobOpener) (*Snapshotter, error) {
 	abs, err := filepath.Abs(root)
 	if err != nil {
@@ -84,8 +117,10 @@ func New(root string, blobs BlobOpener) (*Snapshotter, error) {
 		blobs:     blobs,
 		layersDir: filepath.Join(abs, "snapshots", "layers"),
 		tmpDir:    filepath.Join(abs, "snapshots", "tmp"),
+		cacheDir:  filepath.Join(abs, "snapshots", "cachemounts"),
+		kind:      KindAuto,
 	}
-	for _, d := range []string{filepath.Join(sn.layersDir, emptyDir), sn.tmpDir} {
+	for _, d := range []string{filepath.Join(sn.layersDir, emptyDir), sn.tmpDir, sn.cacheDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("create snapshotter dir: %w", err)
 		}
@@ -93,18 +128,44 @@ func New(root string, blobs BlobOpener) (*Snapshotter, error) {
 	return sn, nil
 }
 
+// SetKind chooses the snapshotter kind; call it before the first Prepare.
+func (sn *Snapshotter) SetKind(k Kind) { sn.kind = k }
+
+// Kind is the kind the next Prepare uses: overlay or copy.
+func (sn *Snapshotter) Kind() Kind {
+	if sn.kind == KindCopy || (sn.kind == KindAuto && sn.overlayFailed.Load()) {
+		return KindCopy
+	}
+	return KindOverlay
+}
+
+// OverlayFailed tells the snapshotter that mounting an overlay snapshot
+// failed. In KindAuto it switches to copying for the rest of the process
+// and reports true: the caller should prepare again and retry.
+func (sn *Snapshotter) OverlayFailed() bool {
+	if sn.kind != KindAuto {
+		return false
+	}
+	return sn.overlayFailed.CompareAndSwap(false, true)
+}
+
 // Snapshot is a writable view over a layer chain: extracted lower dirs plus
-// a fresh upper and work dir.
+// a fresh upper and work dir (overlay), or a copy of the merged chain.
 type Snapshot struct {
 	lowers  []string // layer ids, top first
-	dir     string   // tmp dir holding upper/ and work/
+	chain   chain
+	dir     string // tmp dir holding upper/ and work/, or rootfs/
 	release func() error
 	sn      *Snapshotter
-	// stubs are mount points Prepare created for the sandbox (slash paths
+	// copied is set for a KindCopy snapshot; base then records what was
+	// copied, for Diff.
+	copied bool
+	base   map[string]baseEntry
+	// stubs are mount points created for the sandbox (slash paths
 	// relative to the root); they never reach a diff.
 	stubs map[string]bool
-	// stubParents are dirs Prepare created only to hold stubs; they reach a
-	// diff only when something else inside them or their metadata changed.
+	// stubParents are dirs created only to hold stubs; they reach a diff
+	// only when something else inside them or their metadata changed.
 	stubParents map[string]dirMeta
 }
 
@@ -113,9 +174,21 @@ type dirMeta struct {
 	uid, gid uint32
 }
 
+// MountPoint is a path (absolute, in the rootfs) where the sandbox will
+// mount something; Dir tells whether it must be a directory.
+type MountPoint struct {
+	Path string
+	Dir  bool
+}
+
+// sandboxStubs are the mount points every sandbox needs.
+var sandboxStubs = [...]MountPoint{{"/dev", true}, {"/proc", true}, {"/sys", true}, {"/etc/hosts", false}, {"/etc/resolv.conf", false}}
+
 // Prepare extracts the missing layers of the chain (bottom layer first, as
-// in an image manifest) and returns a snapshot with a fresh upper dir.
-func (sn *Snapshotter) Prepare(ctx context.Context, layers []Layer) (*Snapshot, error) {
+// in an image manifest) and returns a snapshot with a fresh upper dir (or
+// a fresh copy, per Kind). The sandbox's own mount points and the extra
+// ones given are created when the chain lacks them, and kept out of Diff.
+func (sn *Snapshotter) Prepare(ctx context.Context, layers []Layer, extra ...MountPoint) (*Snapshot, error) {
 	ids, err := sn.ensure(ctx, layers)
 	if err != nil {
 		return nil, err
@@ -125,30 +198,70 @@ func (sn *Snapshotter) Prepare(ctx context.Context, layers []Layer) (*Snapshot, 
 		return nil, err
 	}
 	s := &Snapshot{dir: dir, release: release, sn: sn, stubs: map[string]bool{}, stubParents: map[string]dirMeta{}}
+	// A layer can occur twice in a chain (two steps with identical diffs);
+	// overlayfs refuses a repeated lowerdir. Keeping only the topmost
+	// occurrence shows the same tree: it re-applies all the lower one did.
+	seen := map[string]bool{}
 	for i := len(ids) - 1; i >= 0; i-- {
-		s.lowers = append(s.lowers, ids[i])
+		if !seen[ids[i]] {
+			seen[ids[i]] = true
+			s.lowers = append(s.lowers, ids[i])
+		}
 	}
 	if len(s.lowers) == 0 {
 		s.lowers = []string{emptyDir}
 	}
-	for _, d := range []string{"upper", "work"} {
-		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
-			release()
-			return nil, fmt.Errorf("prepare snapshot: %w", err)
-		}
-	}
-	if n := len(strings.Join(s.mountOptions(), ",")); n >= os.Getpagesize() {
-		release()
-		return nil, fmt.Errorf("prepare snapshot: %d layers do not fit in one overlay mount", len(layers))
-	}
-	if err := s.createStubs(ids); err != nil {
+	s.chain = sn.chainOf(ids)
+	fail := func(err error) (*Snapshot, error) {
 		release()
 		return nil, fmt.Errorf("prepare snapshot: %w", err)
+	}
+	if sn.Kind() == KindCopy {
+		s.copied = true
+		if err := os.Mkdir(s.rootfs(), 0o755); err != nil {
+			return fail(err)
+		}
+		if err := materialize(ctx, s.chain, s.rootfs()); err != nil {
+			return fail(err)
+		}
+	} else {
+		for _, d := range []string{"upper", "work"} {
+			if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+				return fail(err)
+			}
+		}
+		if n := len(strings.Join(s.mountOptions(), ",")); n >= os.Getpagesize() {
+			return fail(fmt.Errorf("%d layers do not fit in one overlay mount", len(layers)))
+		}
+	}
+	points := append(sandboxStubs[:len(sandboxStubs):len(sandboxStubs)], extra...)
+	for i, mp := range points {
+		// The sandbox's own stubs are best effort (a rootfs whose /etc is a
+		// file gets no /etc/hosts); a RUN --mount target must work.
+		if err := s.addStub(mp); err != nil && i >= len(sandboxStubs) {
+			return fail(fmt.Errorf("mount point %s: %w", mp.Path, err))
+		}
+	}
+	if s.copied {
+		// Recorded last: the stubs' parents have new ctimes by now.
+		if s.base, err = recordBase(s.rootfs()); err != nil {
+			return fail(err)
+		}
 	}
 	return s, nil
 }
 
-func (s *Snapshot) upper() string { return filepath.Join(s.dir, "upper") }
+func (s *Snapshot) upper() string  { return filepath.Join(s.dir, "upper") }
+func (s *Snapshot) rootfs() string { return filepath.Join(s.dir, "rootfs") }
+
+// writable is the dir the sandbox's writes land in: the upper dir or the
+// copied rootfs.
+func (s *Snapshot) writable() string {
+	if s.copied {
+		return s.rootfs()
+	}
+	return s.upper()
+}
 
 func (s *Snapshot) mountOptions() []string {
 	rel := "../tmp/" + filepath.Base(s.dir)
@@ -164,13 +277,18 @@ func (s *Snapshot) mountOptions() []string {
 	}
 }
 
-// Mounts returns the overlay mount of the rootfs. Its paths are relative to
-// Mount.Dir so that long chains fit in one page of mount options.
+// Mounts returns the mount of the rootfs: an overlay whose paths are
+// relative to Mount.Dir (so that long chains fit in one page of mount
+// options), or a bind of the copied rootfs.
 func (s *Snapshot) Mounts() []Mount {
+	if s.copied {
+		return []Mount{{Type: "bind", Source: s.rootfs()}}
+	}
 	return []Mount{{Type: "overlay", Source: "overlay", Options: s.mountOptions(), Dir: s.sn.layersDir}}
 }
 
-// Release removes the upper and work dirs. The rootfs must be unmounted.
+// Release removes the upper and work dirs (or the copy). The rootfs must
+// be unmounted.
 func (s *Snapshot) Release() error {
 	if s.release == nil {
 		return nil
@@ -180,71 +298,95 @@ func (s *Snapshot) Release() error {
 	return err
 }
 
-// stubFiles are the mount points the sandbox needs; dirs end in "/".
-var stubFiles = [...]string{"dev/", "proc/", "sys/", "etc/hosts", "etc/resolv.conf"}
-
-// createStubs creates the sandbox's mount points that the chain lacks, in
-// the upper dir, and records them so Diff can leave them out.
-func (s *Snapshot) createStubs(ids []string) error {
-	c := s.sn.chainOf(ids)
-	upper := s.upper()
-	for _, stub := range stubFiles {
-		p := strings.TrimSuffix(stub, "/")
-		if _, _, err := c.resolve(p, false); err == nil {
-			continue // the image has it; the sandbox mounts over it
-		} else if !errors.Is(err, fs.ErrNotExist) {
-			continue // e.g. a parent is a file or symlink: nothing to mount on
+// addStub creates the mount point mp where the rootfs lacks it, with any
+// missing parents, in the writable dir, and records them so that Diff
+// leaves them out. Symlinks along the path resolve inside the rootfs.
+func (s *Snapshot) addStub(mp MountPoint) error {
+	rel, err := s.chain.canonical(mp.Path)
+	if err != nil {
+		return err
+	}
+	if rel == "" {
+		return errors.New("cannot mount over the root")
+	}
+	w := s.writable()
+	parts := strings.Split(rel, "/")
+	var restore []string // existing dirs whose mtime a stub changed
+	defer func() {
+		for _, p := range restore {
+			if _, fi, err := s.chain.lookup(p); err == nil {
+				os.Chtimes(filepath.Join(w, p), fi.ModTime(), fi.ModTime())
+			}
 		}
-		parts := strings.Split(p, "/")
-		ok := true
-		for i := 1; i < len(parts) && ok; i++ {
-			parent := strings.Join(parts[:i], "/")
-			if _, done := s.stubParents[parent]; done {
+	}()
+	for i := 1; i < len(parts); i++ {
+		parent := strings.Join(parts[:i], "/")
+		if _, ok := s.stubParents[parent]; ok {
+			continue
+		}
+		_, fi, err := s.chain.lookup(parent)
+		switch {
+		case err == nil && fi.IsDir():
+			if s.copied {
+				continue // already in the copy
+			}
+			// Overlay: give the dir an upper twin to hold the stub.
+			if _, err := os.Lstat(filepath.Join(w, parent)); err == nil {
 				continue
 			}
-			meta := dirMeta{mode: 0o755}
-			var mtime time.Time
-			_, fi, err := c.resolve(parent, false)
-			switch {
-			case err == nil && fi.IsDir():
-				st := fi.Sys().(*syscall.Stat_t)
-				meta = dirMeta{mode: st.Mode & 0o7777, uid: st.Uid, gid: st.Gid}
-				mtime = fi.ModTime()
-			case err == nil || !errors.Is(err, fs.ErrNotExist):
-				ok = false
-				continue
-			}
-			dst := filepath.Join(upper, parent)
-			if err := os.Mkdir(dst, 0o755); err != nil {
+			st := fi.Sys().(*syscall.Stat_t)
+			meta := dirMeta{mode: st.Mode & 0o7777, uid: st.Uid, gid: st.Gid}
+			if err := os.Mkdir(filepath.Join(w, parent), 0o755); err != nil {
 				return err
 			}
-			if err := applyDirMeta(dst, meta, mtime); err != nil {
+			if err := applyDirMeta(filepath.Join(w, parent), meta, fi.ModTime()); err != nil {
 				return err
 			}
 			s.stubParents[parent] = meta
-		}
-		if !ok {
-			continue
-		}
-		dst := filepath.Join(upper, p)
-		if strings.HasSuffix(stub, "/") {
-			if err := os.Mkdir(dst, 0o755); err != nil {
+		case err == nil:
+			return fmt.Errorf("/%s is not a directory", parent)
+		case errors.Is(err, fs.ErrNotExist):
+			if err := os.Mkdir(filepath.Join(w, parent), 0o755); err != nil {
 				return err
 			}
-		} else if err := os.WriteFile(dst, nil, 0o644); err != nil {
+			if err := applyDirMeta(filepath.Join(w, parent), dirMeta{mode: 0o755}, time.Time{}); err != nil {
+				return err
+			}
+			s.stubParents[parent] = dirMeta{mode: 0o755}
+		default:
 			return err
 		}
-		s.stubs[p] = true
-	}
-	// Creating stubs changed the parents' mtimes; put them back.
-	for parent, meta := range s.stubParents {
-		_, fi, err := c.resolve(parent, false)
-		if err == nil {
-			if err := applyDirMeta(filepath.Join(upper, parent), meta, fi.ModTime()); err != nil {
-				return err
-			}
+		if i > 1 {
+			restore = append(restore, strings.Join(parts[:i-1], "/"))
 		}
 	}
+	if s.stubs[rel] {
+		return nil
+	}
+	if _, fi, err := s.chain.lookup(rel); err == nil {
+		if fi.IsDir() != mp.Dir {
+			return fmt.Errorf("/%s exists and is not a %s", rel, map[bool]string{true: "directory", false: "file"}[mp.Dir])
+		}
+		return nil // the image has it; the sandbox mounts over it
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if _, ok := s.stubParents[rel]; ok {
+		return nil // already made as a parent of another stub
+	}
+	dst := filepath.Join(w, rel)
+	if mp.Dir {
+		err = os.Mkdir(dst, 0o755)
+	} else {
+		err = os.WriteFile(dst, nil, 0o644)
+	}
+	if err != nil {
+		return err
+	}
+	if len(parts) > 1 {
+		restore = append(restore, strings.Join(parts[:len(parts)-1], "/"))
+	}
+	s.stubs[rel] = true
 	return nil
 }
 
