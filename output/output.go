@@ -18,8 +18,9 @@ import (
 
 // Output is one parsed --output.
 type Output struct {
-	Type string // oci, docker or local
+	Type string // oci, docker, local or registry
 	Dest string
+	Name string // type=registry: where to push (comma-separated refs; default the -t tags)
 }
 
 // ParseAll parses buildx-style specs: "type=oci,dest=F.tar", or a bare
@@ -49,6 +50,10 @@ func Parse(spec string) (Output, error) {
 			o.Type = v
 		case "dest":
 			o.Dest = v
+		case "name":
+			o.Name = v
+		case "push":
+			// type=image,push=true is buildx's spelling of type=registry.
 		default:
 			return o, fmt.Errorf("--output %q: unknown key %q", spec, k)
 		}
@@ -56,9 +61,10 @@ func Parse(spec string) (Output, error) {
 	switch o.Type {
 	case "oci", "docker", "local":
 	case "registry", "image":
-		return o, fmt.Errorf("--output %q: type=%s is not supported yet", spec, o.Type)
+		o.Type = "registry" // the build command pushes it
+		return o, nil
 	default:
-		return o, fmt.Errorf("--output %q: type must be oci, docker or local", spec)
+		return o, fmt.Errorf("--output %q: type must be oci, docker, local or registry", spec)
 	}
 	if o.Dest == "" {
 		return o, fmt.Errorf("--output %q: dest is required", spec)
@@ -68,6 +74,9 @@ func Parse(spec string) (Output, error) {
 
 // Write writes imgs (one for a build) to the output.
 func (o Output) Write(ctx context.Context, imgs []archive.Named) error {
+	if o.Type == "registry" {
+		return nil // pushed by the build command, which has the store
+	}
 	if o.Type == "local" {
 		if len(imgs) != 1 {
 			return fmt.Errorf("type=local writes exactly one image")

@@ -18,6 +18,7 @@ import (
 	"github.com/minibuild/minibuild/executor"
 	"github.com/minibuild/minibuild/output"
 	"github.com/minibuild/minibuild/parser"
+	"github.com/minibuild/minibuild/registry"
 	"github.com/minibuild/minibuild/snapshot"
 	"github.com/minibuild/minibuild/store"
 )
@@ -38,6 +39,7 @@ type buildOptions struct {
 	platform  string
 	outputs   []string
 	insecure  []string
+	remote    remoteOptions
 }
 
 func addBuildFlags(cmd *cobra.Command, b *buildOptions) {
@@ -53,8 +55,9 @@ func addBuildFlags(cmd *cobra.Command, b *buildOptions) {
 	f.BoolVarP(&b.quiet, "quiet", "q", false, "print only the image id")
 	f.StringVar(&b.iidfile, "iidfile", "", "write the image id to this file")
 	f.StringVar(&b.platform, "platform", "", "target platform (only linux/amd64)")
-	f.StringArrayVarP(&b.outputs, "output", "o", nil, "output: type=oci|docker,dest=FILE.tar or type=local,dest=DIR")
+	f.StringArrayVarP(&b.outputs, "output", "o", nil, "output: type=oci|docker,dest=FILE.tar, type=local,dest=DIR or type=registry[,name=REF]")
 	f.StringArrayVar(&b.insecure, "insecure-registry", nil, "registry host reached over plain http")
+	addRemoteFlags(cmd, &b.remote)
 }
 
 func newBuildCommand(g *globalOptions) *cobra.Command {
@@ -107,6 +110,10 @@ func runBuild(ctx context.Context, b *buildOptions, contextDir string) error {
 			return err
 		}
 	}
+	cacheFrom, cacheTo, err := b.remote.parsed(b.tags, outs)
+	if err != nil {
+		return err
+	}
 
 	mode := b.progress
 	if b.quiet {
@@ -147,8 +154,17 @@ func runBuild(ctx context.Context, b *buildOptions, contextDir string) error {
 		Epoch:          epoch,
 		Insecure:       b.insecure,
 		Progress:       prog.Event,
+		CacheFrom: importCaches(ctx, st, cacheFrom, registry.Options{Insecure: b.insecure}, func(w string) {
+			prog.Event(executor.Event{Kind: executor.KindWarning, Line: w})
+		}),
 	})
 	if err != nil {
+		prog.Close()
+		return err
+	}
+	blobs, _ := newBlobProgress(mode, os.Stderr)
+	if err := finishRemote(ctx, st, idx, res, pushTargets(b.remote.push, b.tags, outs), cacheTo,
+		registry.Options{Insecure: b.insecure, Progress: blobs.event}); err != nil {
 		prog.Close()
 		return err
 	}

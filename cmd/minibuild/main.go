@@ -61,7 +61,8 @@ first step whose key changed.
 	root.PersistentFlags().StringVar(&g.root, "root", defaultRoot(), "directory holding everything minibuild keeps (env MINIBUILD_ROOT)")
 	addBuildFlags(root, b)
 	root.AddCommand(newBuildCommand(g), newImagesCommand(g), newInspectCommand(g), newHistoryCommand(g),
-		newTagCommand(g), newRmiCommand(g), newSaveCommand(g), newLoadCommand(g))
+		newTagCommand(g), newRmiCommand(g), newSaveCommand(g), newLoadCommand(g),
+		newPushCommand(g), newPullCommand(g), newLoginCommand(), newLogoutCommand())
 	return root
 }
 
