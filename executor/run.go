@@ -113,9 +113,18 @@ func (s *stepExec) executeRun(ctx context.Context, c *instructions.RunCommand) (
 		}
 		return nil, err
 	}
-	l, err := s.writeLayer(func(w *layer.Writer) error { return snap.Diff(w) })
+	entries := 0
+	l, err := s.writeLayer(func(w *layer.Writer) error {
+		err := snap.Diff(w)
+		entries = w.Entries()
+		return err
+	})
 	if err != nil {
 		return nil, err
+	}
+	if entries == 0 {
+		// A RUN that changed nothing adds no layer, as BuildKit does.
+		return &cache.Record{Config: *cfg.DeepCopy(), History: s.history(true, "")}, nil
 	}
 	return &cache.Record{Layer: l, Config: *cfg.DeepCopy(), History: s.history(false, "")}, nil
 }

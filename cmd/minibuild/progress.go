@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/term"
+
 	"github.com/minibuild/minibuild/executor"
 )
 
@@ -118,18 +120,30 @@ func (p *plainProgress) Result(res *executor.Result, tags []string, took time.Du
 
 func (p *plainProgress) Close() {}
 
-// ttyProgress redraws the running step's line with its elapsed time.
+// ttyProgress prints finished steps as lines and keeps one live status
+// line at the bottom showing every running step — one per stage, side by
+// side when stages run concurrently — with its elapsed time.
 type ttyProgress struct {
 	mu      sync.Mutex
 	w       io.Writer
-	running *executor.Event
-	started time.Time
+	width   int
+	running map[string]runningStep // by stage
+	order   []string               // stages in the order they started running
 	stop    chan struct{}
 	done    chan struct{}
 }
 
-func newTTYProgress(w io.Writer) *ttyProgress {
-	t := &ttyProgress{w: w, stop: make(chan struct{}), done: make(chan struct{})}
+type runningStep struct {
+	ev      executor.Event
+	started time.Time
+}
+
+func newTTYProgress(w *os.File) *ttyProgress {
+	width := 100
+	if cols, _, err := term.GetSize(int(w.Fd())); err == nil && cols > 20 {
+		width = cols
+	}
+	t := &ttyProgress{w: w, width: width, running: map[string]runningStep{}, stop: make(chan struct{}), done: make(chan struct{})}
 	go t.tick()
 	return t
 }
@@ -159,11 +173,34 @@ const (
 	ansiReset = "\x1b[0m"
 )
 
+// drawRunning rewrites the status line, cut to the terminal's width.
 func (t *ttyProgress) drawRunning() {
-	if t.running == nil {
+	if len(t.running) == 0 {
 		return
 	}
-	fmt.Fprintf(t.w, "%s%s %s %s%.1fs%s", ansiClear, stepLabel(*t.running), oneLine(t.running.Instruction), ansiBlue, time.Since(t.started).Seconds(), ansiReset)
+	var parts []string
+	for _, stage := range t.order {
+		r, ok := t.running[stage]
+		if !ok {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %s %.1fs", stepLabel(r.ev), oneLine(r.ev.Instruction), time.Since(r.started).Seconds()))
+	}
+	line := strings.Join(parts, " | ")
+	if n := t.width - 1; len(line) > n {
+		line = line[:n-1] + "…"
+	}
+	fmt.Fprintf(t.w, "%s%s%s%s", ansiClear, ansiBlue, line, ansiReset)
+}
+
+func (t *ttyProgress) finish(stage string) {
+	delete(t.running, stage)
+	for i, s := range t.order {
+		if s == stage {
+			t.order = append(t.order[:i], t.order[i+1:]...)
+			break
+		}
+	}
 }
 
 func (t *ttyProgress) Event(e executor.Event) {
@@ -173,24 +210,26 @@ func (t *ttyProgress) Event(e executor.Event) {
 	case executor.KindWarning:
 		fmt.Fprintf(t.w, "%sWARNING: %s\n", ansiClear, e.Line)
 	case executor.KindLog:
-		fmt.Fprintf(t.w, "%s%s  %s%s\n", ansiClear, ansiDim, e.Line, ansiReset)
+		fmt.Fprintf(t.w, "%s%s%s %s%s\n", ansiClear, ansiDim, stepLabel(e), e.Line, ansiReset)
 	case executor.KindStep:
 		instr := oneLine(e.Instruction)
 		switch e.Status {
 		case executor.StatusCached:
 			fmt.Fprintf(t.w, "%s%s %s %sCACHED%s\n", ansiClear, stepLabel(e), instr, ansiGreen, ansiReset)
 		case executor.StatusRunning:
-			ev := e
-			t.running, t.started = &ev, time.Now()
+			if _, ok := t.running[e.Stage]; !ok {
+				t.order = append(t.order, e.Stage)
+			}
+			t.running[e.Stage] = runningStep{ev: e, started: time.Now()}
 			if e.Reason != "" {
-				fmt.Fprintf(t.w, "%s%scache miss: %s%s\n", ansiClear, ansiDim, e.Reason, ansiReset)
+				fmt.Fprintf(t.w, "%s%s%s cache miss: %s%s\n", ansiClear, ansiDim, stepLabel(e), e.Reason, ansiReset)
 			}
 		case executor.StatusDone:
 			fmt.Fprintf(t.w, "%s%s %s %sDONE %.2fs%s\n", ansiClear, stepLabel(e), instr, ansiBlue, e.Duration.Seconds(), ansiReset)
-			t.running = nil
+			t.finish(e.Stage)
 		case executor.StatusError:
 			fmt.Fprintf(t.w, "%s%s %s %sERROR%s\n", ansiClear, stepLabel(e), instr, ansiRed, ansiReset)
-			t.running = nil
+			t.finish(e.Stage)
 		}
 	}
 	t.drawRunning()
@@ -210,8 +249,8 @@ func (t *ttyProgress) Close() {
 	}
 	<-t.done
 	t.mu.Lock()
-	if t.running != nil {
-		fmt.Fprint(t.w, "\n")
+	if len(t.running) > 0 {
+		fmt.Fprint(t.w, ansiClear)
 	}
 	t.mu.Unlock()
 }
