@@ -433,6 +433,7 @@ func (sn *Snapshotter) Cleanup() error {
 			errs = append(errs, os.RemoveAll(p))
 		}
 	}
+	errs = append(errs, sn.cleanupCacheMounts())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("cleanup snapshots: %w", err)
 	}
@@ -534,4 +535,11 @@ func lockPath(ctx context.Context, p string) (func(), error) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// TempDir creates a private temporary dir (for a step's scratch data, e.g.
+// the upper dir of a writable bind) that Cleanup removes if the process
+// dies before calling release.
+func (sn *Snapshotter) TempDir(prefix string) (dir string, release func() error, err error) {
+	return sn.tempDir("t" + prefix)
 }
