@@ -163,7 +163,7 @@ func (e *env) imageBlobs(ref string) (layers []string, config string) {
 		e.t.Fatalf("inspect %s shows no manifest:\n%s", ref, out)
 	}
 	var man struct {
-		Config struct{ Digest string } `json:"config"`
+		Config struct{ Digest string }   `json:"config"`
 		Layers []struct{ Digest string } `json:"layers"`
 	}
 	b, _ := json.Marshal(m)
