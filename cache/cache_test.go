@@ -58,8 +58,9 @@ func TestIndexRoundTripAndExplain(t *testing.T) {
 	if got := x.Explain(parent, "here", "COPY . /", nil); got != "not built before" {
 		t.Fatalf("explain on empty index: %q", got)
 	}
-	rec := &Record{Layer: &Layer{Digest: digest.FromString("layer"), Size: 3}, Inputs: map[string]string{"app.py": "sha256:1", "util.py": "sha256:2"}}
-	if err := x.Put(k1, parent, "here", "COPY . /", rec); err != nil {
+	rec := &Record{Layer: &Layer{Digest: digest.FromString("layer"), Size: 3}}
+	inputs := map[string]string{"app.py": "sha256:1", "util.py": "sha256:2"}
+	if err := x.Put(k1, parent, "here", "COPY . /", inputs, rec); err != nil {
 		t.Fatal(err)
 	}
 	got, err := x.Get(k1)

@@ -34,9 +34,6 @@ type Record struct {
 	Layer   *Layer     `json:"layer,omitempty"`
 	Config  v1.Config  `json:"config"`
 	History v1.History `json:"history"`
-	// Inputs names what the step read (file paths, build args) with their
-	// digests, so that a later miss can say what changed.
-	Inputs map[string]string `json:"inputs,omitempty"`
 }
 
 // Index maps keys to records, one small JSON file per key, written
@@ -71,12 +68,16 @@ func (x *Index) Get(key digest.Digest) (*Record, error) {
 // instruction and inputs it had, for explaining later misses. where names
 // the step's place in its project (context, stage, step number): it only
 // scopes explanations and never enters a key.
-func (x *Index) Put(key, parent digest.Digest, where, instruction string, r *Record) error {
+//
+// inputs names what the step read (file paths, build args) with digests;
+// it is kept beside the record, never in it, so that a hit reads only
+// the small record.
+func (x *Index) Put(key, parent digest.Digest, where, instruction string, inputs map[string]string, r *Record) error {
 	r.Version = recordVersion
 	if err := writeJSON(x.recordPath(key), r); err != nil {
 		return fmt.Errorf("record cache key %s: %w", key, err)
 	}
-	h := hint{Instruction: instruction, Display: r.History.CreatedBy, Inputs: r.Inputs}
+	h := hint{Instruction: instruction, Display: r.History.CreatedBy, Inputs: inputs}
 	if err := writeJSON(x.hintPath(Key(parent, "hint", digest.FromString(where), digest.FromString(instruction))), h); err != nil {
 		return err
 	}

@@ -601,7 +601,7 @@ func (p *Planned) Inputs() map[string]string {
 		if e.kind == srcContext && e.file != nil {
 			name = e.file.Path
 		}
-		m[name] = computeKey([]*entry{e}).String()
+		m[name] = fmt.Sprintf("%c %o %d:%d %s %s", e.typ, e.mode, e.uid, e.gid, e.sum, e.link)
 	}
 	return m
 }

@@ -270,6 +270,14 @@ type stageRun struct {
 	missed bool
 }
 
+// prefix names the stage in errors of a multi-stage build.
+func (r *stageRun) prefix() string {
+	if len(r.b.df.Stages) > 1 {
+		return "stage " + r.name + ", "
+	}
+	return ""
+}
+
 func (r *stageRun) report(e Event) {
 	e.Kind, e.Stage, e.Steps = KindStep, r.name, r.steps
 	r.b.opts.Progress(e)
@@ -300,7 +308,7 @@ func (b *builder) buildStage(ctx context.Context, i int) (*stageResult, error) {
 		if err != nil {
 			run.steps = len(stage.Steps) + 1
 			run.report(Event{Step: 1, Instruction: fromText, Status: StatusError, Reason: err.Error()})
-			return nil, parser.Errorf(file, stage.Line, "stage %s: FROM %s: %v", run.name, base, err)
+			return nil, parser.Errorf(file, stage.Line, "%sFROM %s: %v", run.prefix(), base, err)
 		}
 		key = cache.BaseKey(h.String())
 		if pulled {

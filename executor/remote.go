@@ -43,7 +43,7 @@ func (s *stepExec) lookup(ctx context.Context, key, parent digest.Digest) (*cach
 				continue
 			}
 		}
-		if err := opts.Cache.Put(key, parent, s.where(), s.canon, rec); err != nil {
+		if err := opts.Cache.Put(key, parent, s.where(), s.canon, nil, rec); err != nil {
 			opts.Progress(Event{Kind: KindWarning, Line: "cache import: " + err.Error()})
 		}
 		return rec, true

@@ -31,10 +31,13 @@ func (s *stepExec) prepareRun(c *instructions.RunCommand) error {
 	}
 	args := s.run.scope.Args()
 	s.inputs = []digest.Digest{cache.StringsDigest(args)}
-	s.inputNames = map[string]string{}
-	for _, kv := range args {
-		k, v, _ := strings.Cut(kv, "=")
-		s.inputNames["build arg "+k] = digest.FromString(v).String() // never the value itself
+	s.inputNames = func() map[string]string {
+		m := map[string]string{}
+		for _, kv := range args {
+			k, v, _ := strings.Cut(kv, "=")
+			m["build arg "+k] = digest.FromString(v).String() // never the value itself
+		}
+		return m
 	}
 	s.execute = func(ctx context.Context) (*cache.Record, error) { return s.executeRun(ctx, c) }
 	return nil

@@ -37,7 +37,7 @@ type stepExec struct {
 	// inputs are the digests the key covers beyond the instruction text;
 	// inputNames says what they are, for explaining a miss.
 	inputs     []digest.Digest
-	inputNames map[string]string
+	inputNames func() map[string]string
 	// execute produces the step's record on a miss.
 	execute func(ctx context.Context) (*cache.Record, error)
 	// release frees what prepare holds (a COPY plan's downloads).
@@ -74,7 +74,7 @@ func (s *stepExec) exec(ctx context.Context, parent digest.Digest) (digest.Diges
 		s.run.missed = true
 		reason = "--no-cache"
 		if !opts.NoCache {
-			reason = opts.Cache.Explain(parent, s.where(), s.canon, s.inputNames)
+			reason = opts.Cache.Explain(parent, s.where(), s.canon, s.inputMap())
 		}
 		s.b.noteMiss(s.run, fmt.Sprintf("step %d/%d %s — %s", s.n, s.run.steps, firstLine(instr), reason))
 	}
@@ -84,14 +84,21 @@ func (s *stepExec) exec(ctx context.Context, parent digest.Digest) (digest.Diges
 		report(Event{Step: s.n, Instruction: instr, Status: StatusError, Key: string(key), Duration: time.Since(start), Reason: err.Error()})
 		return "", s.fail(err)
 	}
-	rec.Inputs = s.inputNames
-	if err := opts.Cache.Put(key, parent, s.where(), s.canon, rec); err != nil {
+	if err := opts.Cache.Put(key, parent, s.where(), s.canon, s.inputMap(), rec); err != nil {
 		return "", s.fail(err)
 	}
 	s.applyRecord(rec)
 	s.b.count(false)
 	report(Event{Step: s.n, Instruction: instr, Status: StatusDone, Key: string(key), Duration: time.Since(start)})
 	return key, nil
+}
+
+// inputMap names what the step read, computed only when a miss needs it.
+func (s *stepExec) inputMap() map[string]string {
+	if s.inputNames == nil {
+		return nil
+	}
+	return s.inputNames()
 }
 
 // where names the step's place in this project, for miss explanations.
@@ -108,11 +115,7 @@ func (s *stepExec) fail(err error) error {
 	if errors.As(err, &pe) {
 		return err
 	}
-	stage := ""
-	if len(s.b.df.Stages) > 1 {
-		stage = "stage " + s.run.name + ", "
-	}
-	return parser.Errorf(s.file, s.step.Line, "%sstep %d/%d %s: %v", stage, s.n, s.run.steps, firstLine(s.step.Original), err)
+	return parser.Errorf(s.file, s.step.Line, "%sstep %d/%d %s: %v", s.run.prefix(), s.n, s.run.steps, firstLine(s.step.Original), err)
 }
 
 // usable checks that a record's layer is really in the store: the index
@@ -430,7 +433,7 @@ func (s *stepExec) prepareCopy(ctx context.Context, sd instructions.SourcesAndDe
 		return err
 	}
 	s.inputs = []digest.Digest{plan.Key()}
-	s.inputNames = plan.Inputs()
+	s.inputNames = plan.Inputs
 	s.execute = func(ctx context.Context) (*cache.Record, error) {
 		l, err := s.writeLayer(plan.Write)
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -19,9 +20,17 @@ import (
 func main() {
 	sandbox.Main() // returns unless this process is a RUN step's init
 
+	if path := os.Getenv("MINIBUILD_CPUPROFILE"); path != "" {
+		// A developer aid for `go tool pprof`; not a user interface.
+		if f, err := os.Create(path); err == nil {
+			pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRootCommand().ExecuteContext(ctx)
 	stop()
+	pprof.StopCPUProfile()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
 		if errors.Is(err, context.Canceled) {
