@@ -92,14 +92,14 @@ func newFixture(t *testing.T) *fixture {
 		key := cache.Key(parent, "RUN step", digest.FromString(string(rune('a'+i))))
 		rec := &cache.Record{Layer: &cache.Layer{Digest: digest.Digest(l.Digest.String()), DiffID: digest.Digest(cf.RootFS.DiffIDs[i].String()), Size: l.Size, MediaType: string(l.MediaType)},
 			History: v1.History{CreatedBy: "RUN step"}}
-		if err := idx.Put(key, parent, "test", "RUN step", rec); err != nil {
+		if err := idx.Put(key, parent, "test", "RUN step", nil, rec); err != nil {
 			t.Fatal(err)
 		}
 		f.keys = append(f.keys, key)
 		parent = key
 	}
 	key := cache.Key(parent, "ENV A=1")
-	if err := idx.Put(key, parent, "test", "ENV A=1", &cache.Record{Config: v1.Config{Env: []string{"A=1"}}}); err != nil {
+	if err := idx.Put(key, parent, "test", "ENV A=1", nil, &cache.Record{Config: v1.Config{Env: []string{"A=1"}}}); err != nil {
 		t.Fatal(err)
 	}
 	f.keys = append(f.keys, key)
