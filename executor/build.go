@@ -52,6 +52,12 @@ type Options struct {
 	Jobs int
 	// CacheFrom are imported caches, consulted after the local index.
 	CacheFrom []CacheSource
+	// Secrets are the values RUN --mount=type=secret reads, by id (see
+	// LoadSecrets). They never reach a layer, key, record or log line.
+	Secrets map[string][]byte
+	// Network is the RUN network mode when a RUN has no --network:
+	// "default" (or ""), "host" or "none".
+	Network string
 }
 
 // Result describes a finished build.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
@@ -15,32 +16,54 @@ import (
 	"github.com/minibuild/minibuild/cache"
 	"github.com/minibuild/minibuild/layer"
 	"github.com/minibuild/minibuild/sandbox"
+	"github.com/minibuild/minibuild/snapshot"
 )
 
 // tailLines is how many output lines a failed RUN's error repeats.
 const tailLines = 10
 
-// prepareRun keys a RUN on its text and the build args it can see, and
-// readies its execution in the sandbox.
-func (s *stepExec) prepareRun(c *instructions.RunCommand) error {
-	if len(instructions.GetMounts(c)) > 0 {
-		return fmt.Errorf("RUN --mount is not supported yet")
-	}
-	if n := instructions.GetNetwork(c); n != "" && n != "default" {
-		return fmt.Errorf("RUN --network=%s is not supported yet", n)
+// prepareRun keys a RUN on its text, the build args it can see and the
+// content of its bind mounts, and readies its execution in the sandbox.
+func (s *stepExec) prepareRun(ctx context.Context, c *instructions.RunCommand) error {
+	network, err := s.runNetwork(c)
+	if err != nil {
+		return err
 	}
 	args := s.run.scope.Args()
 	s.inputs = []digest.Digest{cache.StringsDigest(args)}
+	mounts, mountInputs, err := s.prepareMounts(ctx, c)
+	if err != nil {
+		return err
+	}
 	s.inputNames = func() map[string]string {
 		m := map[string]string{}
 		for _, kv := range args {
 			k, v, _ := strings.Cut(kv, "=")
 			m["build arg "+k] = digest.FromString(v).String() // never the value itself
 		}
+		for k, v := range mountInputs {
+			m[k] = v
+		}
 		return m
 	}
-	s.execute = func(ctx context.Context) (*cache.Record, error) { return s.executeRun(ctx, c) }
+	s.execute = func(ctx context.Context) (*cache.Record, error) { return s.executeRun(ctx, c, mounts, network) }
 	return nil
+}
+
+// runNetwork is the network of a RUN: its --network flag, else the
+// build's --network.
+func (s *stepExec) runNetwork(c *instructions.RunCommand) (sandbox.Network, error) {
+	mode := s.b.opts.Network
+	if slices.Contains(c.FlagsUsed, "network") {
+		mode = instructions.GetNetwork(c)
+	}
+	switch mode {
+	case "", "default", "host":
+		return sandbox.NetworkHost, nil
+	case "none":
+		return sandbox.NetworkNone, nil
+	}
+	return "", fmt.Errorf("network mode %q is not supported (want default, none or host)", mode)
 }
 
 // runArgs is the argv a RUN executes: the shell plus the command line for
@@ -72,7 +95,7 @@ func (s *stepExec) runArgs(c *instructions.RunCommand) []string {
 	return append(shellOf(cfg), strings.Join(args, " "))
 }
 
-func (s *stepExec) executeRun(ctx context.Context, c *instructions.RunCommand) (*cache.Record, error) {
+func (s *stepExec) executeRun(ctx context.Context, c *instructions.RunCommand, mounts []*runMount, network sandbox.Network) (*cache.Record, error) {
 	opts := s.b.opts
 	cfg := &s.run.state.config.Config
 	layers := s.run.state.snapshotLayers()
@@ -80,31 +103,48 @@ func (s *stepExec) executeRun(ctx context.Context, c *instructions.RunCommand) (
 	if err != nil {
 		return nil, err
 	}
-	snap, err := opts.Snapshots.Prepare(ctx, layers)
+	ms, err := s.setupMounts(ctx, mounts)
 	if err != nil {
 		return nil, err
 	}
-	defer snap.Release()
+	defer ms.Release()
 
-	out := &lineWriter{emit: func(line string) {
+	out := &lineWriter{redact: redactor(mounts), emit: func(line string) {
 		opts.Progress(Event{Kind: KindLog, Stage: s.run.name, Step: s.n, Steps: s.run.steps, Line: line})
 	}}
 	cwd := cfg.WorkingDir
 	if cwd == "" {
 		cwd = "/"
 	}
-	err = sandbox.Run(ctx, sandbox.Spec{
-		Rootfs:    snap.Mounts(),
+	spec := sandbox.Spec{
 		Args:      s.runArgs(c),
-		Env:       s.run.scope.RunEnv(),
+		Env:       append(s.run.scope.RunEnv(), ms.env...),
 		Cwd:       cwd,
 		UID:       id.UID,
 		GID:       id.GID,
 		ExtraGIDs: id.Groups,
 		Hostname:  "minibuild",
+		Mounts:    ms.mounts,
+		Network:   network,
 		Stdout:    out,
 		Stderr:    out,
-	})
+	}
+	var snap *snapshot.Snapshot
+	for {
+		if snap, err = opts.Snapshots.Prepare(ctx, layers, ms.points...); err != nil {
+			return nil, err
+		}
+		defer snap.Release()
+		spec.Rootfs = snap.Mounts()
+		err = sandbox.Run(ctx, spec)
+		// Where overlayfs is refused, --snapshotter=auto copies from now on.
+		if errors.Is(err, sandbox.ErrRootfsMount) && opts.Snapshots.OverlayFailed() {
+			opts.Progress(Event{Kind: KindWarning, Line: fmt.Sprintf("overlay snapshots do not work here (%v); copying instead", err)})
+			snap.Release()
+			continue
+		}
+		break
+	}
 	out.Flush()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -151,8 +191,10 @@ func (e *RunError) Error() string {
 type lineWriter struct {
 	mu   sync.Mutex
 	emit func(string)
-	buf  bytes.Buffer
-	tail []string
+	// redact, when set, rewrites each line first (secret values).
+	redact func(string) string
+	buf    bytes.Buffer
+	tail   []string
 }
 
 func (w *lineWriter) Write(p []byte) (int, error) {
@@ -171,6 +213,9 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 
 func (w *lineWriter) line(l string) {
 	l = strings.TrimRight(l, "\r")
+	if w.redact != nil {
+		l = w.redact(l)
+	}
 	w.emit(l)
 	w.tail = append(w.tail, l)
 	if len(w.tail) > tailLines {

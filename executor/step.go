@@ -158,7 +158,7 @@ func (s *stepExec) prepare(ctx context.Context) error {
 	s.canon = parser.Canonical(cmd)
 	switch c := cmd.(type) {
 	case *instructions.RunCommand:
-		return s.prepareRun(c)
+		return s.prepareRun(ctx, c)
 	case *instructions.CopyCommand:
 		if c.Parents || len(c.ExcludePatterns) > 0 {
 			return fmt.Errorf("COPY --parents and --exclude are not supported")

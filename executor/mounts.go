@@ -1,0 +1,479 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	securejoin "github.com/cyphar/filepath-securejoin"
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/minibuild/minibuild/buildctx"
+	"github.com/minibuild/minibuild/cache"
+	"github.com/minibuild/minibuild/sandbox"
+	"github.com/minibuild/minibuild/snapshot"
+)
+
+// LoadSecrets reads build secrets given as docker's --secret flags:
+// "id=X,src=FILE" (or source=), "id=X,env=VAR", or "id=X" alone (the
+// variable X, else the file X). Errors name the id and where it was
+// looked for, never a value.
+func LoadSecrets(specs []string, lookupEnv func(string) (string, bool)) (map[string][]byte, error) {
+	out := map[string][]byte{}
+	for _, spec := range specs {
+		var id, src, env, typ string
+		for _, f := range strings.Split(spec, ",") {
+			k, v, ok := strings.Cut(f, "=")
+			if !ok {
+				return nil, fmt.Errorf("--secret %s: want id=ID,src=FILE or id=ID,env=VAR", spec)
+			}
+			switch strings.ToLower(k) {
+			case "id":
+				id = v
+			case "src", "source":
+				src = v
+			case "env":
+				env = v
+			case "type":
+				typ = v
+			default:
+				return nil, fmt.Errorf("--secret %s: unknown key %q", spec, k)
+			}
+		}
+		if id == "" {
+			switch {
+			case src != "":
+				id = filepath.Base(src)
+			case env != "":
+				id = env
+			default:
+				return nil, fmt.Errorf("--secret %s: no id", spec)
+			}
+		}
+		switch {
+		case typ == "env" && src != "" && env == "":
+			env, src = src, ""
+		case typ == "" && src == "" && env == "":
+			if _, ok := lookupEnv(id); ok {
+				env = id
+			} else {
+				src = id
+			}
+		}
+		if env != "" {
+			v, ok := lookupEnv(env)
+			if !ok {
+				return nil, fmt.Errorf("--secret id=%s: environment variable %s is not set", id, env)
+			}
+			out[id] = []byte(v)
+			continue
+		}
+		b, err := os.ReadFile(src)
+		if err != nil {
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err // the OS error alone: never any content
+			}
+			return nil, fmt.Errorf("--secret id=%s: read %s: %w", id, src, err)
+		}
+		out[id] = b
+	}
+	return out, nil
+}
+
+// runMount is one RUN --mount, checked and keyed at prepare time.
+type runMount struct {
+	m      *instructions.Mount
+	target string // absolute, resolved against WORKDIR
+	// bind: the source tree and the path inside it
+	src    *buildctx.Context
+	srcRel string
+	// secret: id, the value (nil when optional and absent), env name
+	secretID string
+	secret   []byte
+	envName  string
+}
+
+// prepareMounts checks a RUN's --mount flags and returns them; a bind
+// mount's content (not its path) joins the step's inputs, as in BuildKit.
+// Cache mounts and secrets never do: only the instruction text keys them.
+// inputs names the bind mounts' digests, for explaining a miss.
+func (s *stepExec) prepareMounts(ctx context.Context, c *instructions.RunCommand) (mounts []*runMount, inputs map[string]string, err error) {
+	workdir := s.run.state.config.Config.WorkingDir
+	if workdir == "" {
+		workdir = "/"
+	}
+	inputs = map[string]string{}
+	for _, m := range instructions.GetMounts(c) {
+		rm := &runMount{m: m, target: m.Target}
+		if rm.target != "" && !path.IsAbs(rm.target) {
+			rm.target = path.Join(workdir, rm.target)
+		}
+		if rm.target != "" {
+			rm.target = path.Clean(rm.target)
+		}
+		switch m.Type {
+		case instructions.MountTypeSSH:
+			return nil, nil, fmt.Errorf("--mount=type=ssh is not supported")
+		case instructions.MountTypeSecret:
+			id := m.CacheID
+			if m.Source != "" {
+				id = m.Source
+			}
+			if id == "" {
+				if m.Target == "" {
+					return nil, nil, fmt.Errorf("--mount=type=secret: one of id, source or target is required")
+				}
+				id = path.Base(m.Target)
+			}
+			rm.secretID = id
+			if m.Env != nil {
+				rm.envName = *m.Env
+				if rm.envName == "" {
+					rm.envName = id
+				}
+			}
+			if m.Target == "" && m.Env == nil {
+				rm.target = "/run/secrets/" + path.Base(id)
+			}
+			v, ok := s.b.opts.Secrets[id]
+			if !ok && m.Required {
+				return nil, nil, fmt.Errorf("secret %q is required but was not provided (use --secret id=%s,src=FILE)", id, id)
+			}
+			if ok {
+				rm.secret = v
+			}
+		case instructions.MountTypeCache:
+			if rm.target == "" {
+				return nil, nil, fmt.Errorf("--mount=type=cache needs a target")
+			}
+			if m.From != "" || m.Source != "" {
+				return nil, nil, fmt.Errorf("--mount=type=cache with from= or source= is not supported yet")
+			}
+		case instructions.MountTypeTmpfs:
+			if rm.target == "" {
+				return nil, nil, fmt.Errorf("--mount=type=tmpfs needs a target")
+			}
+		case instructions.MountTypeBind:
+			if rm.target == "" {
+				return nil, nil, fmt.Errorf("--mount=type=bind needs a target")
+			}
+			d, err := s.prepareBind(ctx, rm)
+			if err != nil {
+				return nil, nil, err
+			}
+			inputs["mount "+rm.target] = d.String()
+		default:
+			return nil, nil, fmt.Errorf("--mount=type=%s is not supported", m.Type)
+		}
+		if rm.target == "/" {
+			return nil, nil, fmt.Errorf("--mount=type=%s: cannot mount over /", m.Type)
+		}
+		mounts = append(mounts, rm)
+	}
+	return mounts, inputs, nil
+}
+
+// prepareBind resolves a bind mount's source in the build context (or in
+// the stage or image from= names) and keys the step on its content.
+func (s *stepExec) prepareBind(ctx context.Context, rm *runMount) (digest.Digest, error) {
+	var src *buildctx.Context
+	var err error
+	if rm.m.From != "" {
+		if src, err = s.b.fromSource(ctx, s.run.index, rm.m.From); err != nil {
+			return "", err
+		}
+		prev := s.release
+		s.release = func() error {
+			err := src.Close()
+			if prev != nil {
+				err = errors.Join(prev(), err)
+			}
+			return err
+		}
+	} else if src, err = s.b.context(ctx); err != nil {
+		return "", err
+	}
+	rel := strings.TrimPrefix(path.Clean("/"+rm.m.Source), "/")
+	if _, ok := src.Lookup(rel); !ok {
+		return "", fmt.Errorf("--mount=type=bind: source %q not found (or excluded by .dockerignore)", rm.m.Source)
+	}
+	rm.src, rm.srcRel = src, rel
+	d, err := treeDigest(src, rel)
+	if err != nil {
+		return "", fmt.Errorf("--mount=type=bind,source=%s: %w", rm.m.Source, err)
+	}
+	s.inputs = append(s.inputs, d)
+	return d, nil
+}
+
+// treeDigest is the content digest of rel and everything under it: path,
+// type, mode, owner, size, link target and sha256 of each entry.
+func treeDigest(src *buildctx.Context, rel string) (digest.Digest, error) {
+	var lines []string
+	for _, f := range src.Files() {
+		if rel != "" && f.Path != rel && !strings.HasPrefix(f.Path, rel+"/") {
+			continue
+		}
+		sum := ""
+		if f.Mode.IsRegular() {
+			d, err := src.Digest(f)
+			if err != nil {
+				return "", err
+			}
+			sum = d.String()
+		}
+		name := strings.TrimPrefix(strings.TrimPrefix(f.Path, rel), "/")
+		lines = append(lines, fmt.Sprintf("%q %o %d %d %d %q %s", name, uint32(f.Mode), f.UID, f.GID, f.Size, f.Link, sum))
+	}
+	return cache.StringsDigest(lines), nil
+}
+
+// mountSetup is what a RUN's mounts need while it runs.
+type mountSetup struct {
+	mounts  []sandbox.Mount
+	points  []snapshot.MountPoint
+	env     []string
+	release []func()
+}
+
+func (ms *mountSetup) Release() {
+	for i := len(ms.release) - 1; i >= 0; i-- {
+		ms.release[i]()
+	}
+	ms.release = nil
+}
+
+// setupMounts acquires cache dirs (waiting as sharing= says), makes
+// writable binds' scratch dirs and turns secrets into tmpfs files or
+// environment variables.
+func (s *stepExec) setupMounts(ctx context.Context, mounts []*runMount) (*mountSetup, error) {
+	ms := &mountSetup{}
+	sn := s.b.opts.Snapshots
+	for _, rm := range mounts {
+		m := rm.m
+		switch m.Type {
+		case instructions.MountTypeSecret:
+			if rm.secret == nil {
+				continue // optional and not provided: nothing to mount
+			}
+			if rm.envName != "" {
+				ms.env = append(ms.env, rm.envName+"="+string(rm.secret))
+			}
+			if rm.target == "" {
+				continue
+			}
+			mode, uid, gid := uint32(0o400), uint32(0), uint32(0)
+			if m.Mode != nil {
+				mode = uint32(*m.Mode)
+			}
+			if m.UID != nil {
+				uid = uint32(*m.UID)
+			}
+			if m.GID != nil {
+				gid = uint32(*m.GID)
+			}
+			ms.mounts = append(ms.mounts, sandbox.Mount{Target: rm.target, Type: "file", Data: rm.secret, Mode: mode, UID: uid, GID: gid})
+			ms.points = append(ms.points, snapshot.MountPoint{Path: rm.target})
+		case instructions.MountTypeCache:
+			id := m.CacheID
+			if id == "" {
+				id = rm.target
+			}
+			opts := snapshot.CacheMountOptions{Sharing: snapshot.Sharing(m.CacheSharing)}
+			if m.Mode != nil {
+				mode := uint32(*m.Mode)
+				opts.Mode = &mode
+			}
+			if m.UID != nil {
+				opts.UID = int(*m.UID)
+			}
+			if m.GID != nil {
+				opts.GID = int(*m.GID)
+			}
+			cm, err := sn.CacheMount(ctx, id, opts)
+			if err != nil {
+				ms.Release()
+				return nil, err
+			}
+			ms.release = append(ms.release, cm.Release)
+			ms.mounts = append(ms.mounts, sandbox.Mount{Target: rm.target, Type: "bind", Source: cm.Dir, ReadOnly: m.ReadOnly})
+			ms.points = append(ms.points, snapshot.MountPoint{Path: rm.target, Dir: true})
+		case instructions.MountTypeTmpfs:
+			opts := []string{"mode=1777"}
+			if m.SizeLimit > 0 {
+				opts = append(opts, "size="+strconv.FormatInt(m.SizeLimit, 10))
+			}
+			ms.mounts = append(ms.mounts, sandbox.Mount{Target: rm.target, Type: "tmpfs", Source: "tmpfs", Options: opts})
+			ms.points = append(ms.points, snapshot.MountPoint{Path: rm.target, Dir: true})
+		case instructions.MountTypeBind:
+			mnt, err := s.bindMount(rm, ms)
+			if err != nil {
+				ms.Release()
+				return nil, err
+			}
+			ms.mounts = append(ms.mounts, mnt)
+			fi, err := os.Stat(mnt.Source)
+			if mnt.Type == "overlay" || (err == nil && fi.IsDir()) {
+				ms.points = append(ms.points, snapshot.MountPoint{Path: rm.target, Dir: true})
+			} else {
+				ms.points = append(ms.points, snapshot.MountPoint{Path: rm.target})
+			}
+		}
+	}
+	return ms, nil
+}
+
+// bindMount makes the sandbox mount of a bind: the source read-only, or
+// with rw a writable layer over it whose writes are thrown away (an
+// overlay, or a scratch copy with the copying snapshotter).
+func (s *stepExec) bindMount(rm *runMount, ms *mountSetup) (sandbox.Mount, error) {
+	host, err := securejoin.SecureJoin(rm.src.Dir(), filepath.FromSlash(rm.srcRel))
+	if err != nil {
+		return sandbox.Mount{}, err
+	}
+	// .dockerignore'd files must not show: bind a filtered copy then.
+	if ignored, err := hasIgnored(rm.src, rm.srcRel, host); err != nil {
+		return sandbox.Mount{}, err
+	} else if ignored || !rm.m.ReadOnly {
+		sn := s.b.opts.Snapshots
+		tmp, release, err := sn.TempDir("bind")
+		if err != nil {
+			return sandbox.Mount{}, err
+		}
+		ms.release = append(ms.release, func() { release() })
+		if !ignored && sn.Kind() == snapshot.KindOverlay && !strings.ContainsAny(host, ",:") {
+			if fi, err := os.Stat(host); err == nil && fi.IsDir() {
+				upper, work := filepath.Join(tmp, "upper"), filepath.Join(tmp, "work")
+				if err := errors.Join(os.Mkdir(upper, 0o755), os.Mkdir(work, 0o755)); err != nil {
+					return sandbox.Mount{}, err
+				}
+				return sandbox.Mount{Target: rm.target, Type: "overlay", Source: "overlay",
+					Options: []string{"lowerdir=" + host, "upperdir=" + upper, "workdir=" + work}}, nil
+			}
+		}
+		dst := filepath.Join(tmp, "src")
+		if err := copyContextTree(rm.src, rm.srcRel, dst); err != nil {
+			return sandbox.Mount{}, fmt.Errorf("stage bind mount source: %w", err)
+		}
+		host = dst
+	}
+	return sandbox.Mount{Target: rm.target, Type: "bind", Source: host, ReadOnly: rm.m.ReadOnly}, nil
+}
+
+// hasIgnored tells whether anything under host (the context path rel) is
+// left out of the context, by .dockerignore.
+func hasIgnored(src *buildctx.Context, rel, host string) (bool, error) {
+	ignored := false
+	err := filepath.WalkDir(host, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		r, err := filepath.Rel(host, p)
+		if err != nil {
+			return err
+		}
+		if _, ok := src.Lookup(path.Join(rel, filepath.ToSlash(r))); !ok {
+			ignored = true
+			return filepath.SkipAll
+		}
+		return nil
+	})
+	return ignored, err
+}
+
+// copyContextTree copies the context entries at and under rel into dst:
+// dirs, regular files and symlinks, with modes and owners.
+func copyContextTree(src *buildctx.Context, rel, dst string) error {
+	root, ok := src.Lookup(rel)
+	if !ok {
+		return fmt.Errorf("%s: not in the context", rel)
+	}
+	files := []*buildctx.File{root}
+	for _, f := range src.Files() {
+		if rel == "" || strings.HasPrefix(f.Path, rel+"/") {
+			files = append(files, f)
+		}
+	}
+	slices.SortFunc(files, func(a, b *buildctx.File) int { return strings.Compare(a.Path, b.Path) })
+	for _, f := range files {
+		name := strings.TrimPrefix(strings.TrimPrefix(f.Path, rel), "/")
+		if f == root {
+			name = ""
+		}
+		p := filepath.Join(dst, filepath.FromSlash(name))
+		switch {
+		case f.Mode.IsDir():
+			if err := os.Mkdir(p, 0o700); err != nil {
+				return err
+			}
+		case f.Mode&fs.ModeSymlink != 0:
+			if err := os.Symlink(f.Link, p); err != nil {
+				return err
+			}
+		case f.Mode.IsRegular():
+			in, err := src.Open(f)
+			if err != nil {
+				return err
+			}
+			out, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+			if err == nil {
+				_, err = io.Copy(out, in)
+				err = errors.Join(err, out.Close())
+			}
+			in.Close()
+			if err != nil {
+				return err
+			}
+		default:
+			continue
+		}
+		if err := os.Lchown(p, f.UID, f.GID); err != nil {
+			return err
+		}
+		if f.Mode&fs.ModeSymlink == 0 {
+			if err := os.Chmod(p, f.Mode); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// redactor replaces secret values in RUN output, so that a step that
+// prints one does not put it in a log line or an error.
+func redactor(mounts []*runMount) func(string) string {
+	var values []string
+	for _, rm := range mounts {
+		v := strings.TrimSpace(string(rm.secret))
+		if len(v) < 4 {
+			continue // too short to tell from ordinary output
+		}
+		values = append(values, v)
+		for _, l := range strings.Split(v, "\n") {
+			if l = strings.TrimSpace(l); len(l) >= 4 && l != v {
+				values = append(values, l)
+			}
+		}
+	}
+	if len(values) == 0 {
+		return nil
+	}
+	// Longest first, so a whole value is replaced before its lines.
+	slices.SortFunc(values, func(a, b string) int { return len(b) - len(a) })
+	return func(line string) string {
+		for _, v := range values {
+			line = strings.ReplaceAll(line, v, "****")
+		}
+		return line
+	}
+}
