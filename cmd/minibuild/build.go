@@ -40,6 +40,10 @@ type buildOptions struct {
 	outputs   []string
 	insecure  []string
 	remote    remoteOptions
+	// RUN sandbox: --secret, --network, --snapshotter
+	secrets     []string
+	network     string
+	snapshotter string
 }
 
 func addBuildFlags(cmd *cobra.Command, b *buildOptions) {
@@ -58,6 +62,9 @@ func addBuildFlags(cmd *cobra.Command, b *buildOptions) {
 	f.StringArrayVarP(&b.outputs, "output", "o", nil, "output: type=oci|docker,dest=FILE.tar, type=local,dest=DIR or type=registry[,name=REF]")
 	f.StringArrayVar(&b.insecure, "insecure-registry", nil, "registry host reached over plain http")
 	addRemoteFlags(cmd, &b.remote)
+	f.StringArrayVar(&b.secrets, "secret", nil, "secret for RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR; repeatable")
+	f.StringVar(&b.network, "network", "default", "network of RUN steps without --network: default, none or host")
+	f.StringVar(&b.snapshotter, "snapshotter", "auto", "how RUN sees its rootfs: overlay, copy, or auto (overlay, copying where it cannot mount)")
 }
 
 func newBuildCommand(g *globalOptions) *cobra.Command {
@@ -132,6 +139,15 @@ func runBuild(ctx context.Context, b *buildOptions, contextDir string) error {
 	if err != nil {
 		return err
 	}
+	kind, err := snapshot.ParseKind(b.snapshotter)
+	if err != nil {
+		return err
+	}
+	snaps.SetKind(kind)
+	secrets, err := executor.LoadSecrets(b.secrets, os.LookupEnv)
+	if err != nil {
+		return err
+	}
 	_ = snaps.Cleanup()
 	idx, err := cache.OpenIndex(filepath.Join(b.global.root, "cache"))
 	if err != nil {
@@ -154,6 +170,8 @@ func runBuild(ctx context.Context, b *buildOptions, contextDir string) error {
 		Epoch:          epoch,
 		Insecure:       b.insecure,
 		Progress:       prog.Event,
+		Secrets:        secrets,
+		Network:        b.network,
 		CacheFrom: importCaches(ctx, st, cacheFrom, registry.Options{Insecure: b.insecure}, func(w string) {
 			prog.Event(executor.Event{Kind: executor.KindWarning, Line: w})
 		}),

@@ -71,7 +71,7 @@ first step whose key changed.
 	addBuildFlags(root, b)
 	root.AddCommand(newBuildCommand(g), newImagesCommand(g), newInspectCommand(g), newHistoryCommand(g),
 		newTagCommand(g), newRmiCommand(g), newSaveCommand(g), newLoadCommand(g),
-		newPushCommand(g), newPullCommand(g), newLoginCommand(), newLogoutCommand())
+		newPushCommand(g), newPullCommand(g), newLoginCommand(), newLogoutCommand(), newPruneCommand(g))
 	return root
 }
 
