@@ -6,7 +6,6 @@ import (
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 
 	"github.com/minibuild/minibuild/parser"
 )
@@ -76,20 +75,18 @@ func analyze(df *parser.Dockerfile, meta map[string]string) (*graph, error) {
 			}
 		}
 		for _, step := range st.Steps {
-			c, ok := step.Cmd.(*instructions.CopyCommand)
-			if !ok || c.From == "" {
-				continue
-			}
-			j, err := ref(i, "COPY --from", c.From)
-			if err != nil {
-				return nil, parser.Errorf(df.File, step.Line, "%v", err)
-			}
-			if j >= 0 {
-				g.deps[i] = append(g.deps[i], j)
-				continue
-			}
-			if _, err := name.ParseReference(c.From); err != nil {
-				return nil, parser.Errorf(df.File, step.Line, "COPY --from=%s: no stage of that name and not an image reference: %v", c.From, err)
+			for _, from := range stepFroms(step.Cmd) {
+				j, err := ref(i, from[0], from[1])
+				if err != nil {
+					return nil, parser.Errorf(df.File, step.Line, "%v", err)
+				}
+				if j >= 0 {
+					g.deps[i] = append(g.deps[i], j)
+					continue
+				}
+				if _, err := name.ParseReference(from[1]); err != nil {
+					return nil, parser.Errorf(df.File, step.Line, "%s=%s: no stage of that name and not an image reference: %v", from[0], from[1], err)
+				}
 			}
 		}
 	}

@@ -90,6 +90,29 @@ func LoadSecrets(specs []string, lookupEnv func(string) (string, bool)) (map[str
 	return out, nil
 }
 
+// stepFroms lists the stages or images an instruction reads, as
+// {"COPY --from", name} or {"RUN --mount from", name}, for the stage graph.
+func stepFroms(cmd instructions.Command) [][2]string {
+	switch c := cmd.(type) {
+	case *instructions.CopyCommand:
+		if c.From != "" {
+			return [][2]string{{"COPY --from", c.From}}
+		}
+	case *instructions.RunCommand:
+		var out [][2]string
+		func() {
+			defer func() { _ = recover() }() // a hand-made RunCommand has no mount state
+			for _, m := range instructions.GetMounts(c) {
+				if m.From != "" {
+					out = append(out, [2]string{"RUN --mount from", m.From})
+				}
+			}
+		}()
+		return out
+	}
+	return nil
+}
+
 // runMount is one RUN --mount, checked and keyed at prepare time.
 type runMount struct {
 	m      *instructions.Mount
