@@ -168,7 +168,7 @@ rm -rf /usr && mkdir /usr && touch /usr/new
 rm -rf /var/log
 ln /bin/busybox /bb
 chmod 0700 /home/app; chown 0:0 /home/app
-touch /etc/passwd
+touch /etc/passwd; echo more >> /sbin/s
 echo new > /tmp/new; rm /tmp/new
 rm /bin/ls && echo replaced > /bin/ls
 rm -rf /var/tmp && echo file > /var/tmp

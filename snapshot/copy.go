@@ -30,10 +30,10 @@ import (
 //   - a new dir where the chain had an entry: an opaque dir, as overlay
 //     makes a dir created over a whiteout opaque; everything in it is new.
 //
-// What cannot be told apart: a lower file opened for writing but never
-// written (overlay copies it up; ctime does not move), and a write to one
-// name of a file hard-linked within the chain (overlay breaks the link;
-// here every name of it changes).
+// Hard links within the chain are copied as separate files, since overlay
+// breaks them on copy-up (a RUN sees st_nlink 1 here, the lower count
+// there). What cannot be told apart: a lower file opened for writing but
+// never written (overlay copies it up; its ctime does not move).
 
 // baseEntry is what Prepare copied to one path.
 type baseEntry struct {
@@ -46,9 +46,10 @@ type baseEntry struct {
 
 // materialize copies the merged view of c into the empty dir dst: the
 // topmost entry of each path wins, whiteouts hide, opaque dirs stop the
-// layers below; hard links within the view stay links.
+// layers below. Hard links of the chain are copied as separate files, as
+// overlay presents them once written.
 func materialize(ctx context.Context, c chain, dst string) error {
-	m := &materializer{ctx: ctx, links: map[inodeKey]string{}}
+	m := &materializer{ctx: ctx}
 	var layers []string
 	for _, l := range c {
 		layers = append(layers, l)
@@ -70,9 +71,8 @@ func materialize(ctx context.Context, c chain, dst string) error {
 }
 
 type materializer struct {
-	ctx   context.Context
-	links map[inodeKey]string // source inode → first copy
-	n     int
+	ctx context.Context
+	n   int
 }
 
 // dir fills dst (an existing dir) with the merged children of rel, whose
@@ -108,8 +108,11 @@ func (m *materializer) dir(rel string, srcs []string, dst string) error {
 				for _, lower := range srcs[i+1:] {
 					lp := filepath.Join(lower, name)
 					lfi, err := os.Lstat(lp)
+					if errors.Is(err, fs.ErrNotExist) {
+						continue // this layer did not touch it
+					}
 					if err != nil || !lfi.IsDir() {
-						break // absent here, a whiteout, or a non-dir: hides what is below
+						break // a whiteout or a non-dir hides what is below
 					}
 					w.lowers = append(w.lowers, lp)
 					if isOpaque(lp) {
@@ -149,13 +152,9 @@ func (m *materializer) entry(rel, src string, fi fs.FileInfo, dirSrcs []string, 
 			return err
 		}
 	case 0: // regular
-		key := inodeKey{uint64(st.Dev), st.Ino}
-		if st.Nlink > 1 {
-			if first, ok := m.links[key]; ok {
-				return os.Link(first, dst)
-			}
-			m.links[key] = dst
-		}
+		// Every name gets its own copy: overlay (index=off) breaks a lower
+		// file's hard links on copy-up too, so writing one name must not
+		// change the others, or the layers would differ.
 		if err := copyFile(src, dst); err != nil {
 			return err
 		}
