@@ -38,3 +38,30 @@ func TestCopyMaterializesChain(t *testing.T) {
 		t.Errorf("copied rootfs:\n got %s\nwant %s", got, want)
 	}
 }
+
+// auto switches to copying once, when told an overlay mount failed.
+func TestKindFallback(t *testing.T) {
+	sn, err := New(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sn.Kind() != KindOverlay {
+		t.Errorf("auto starts as %s", sn.Kind())
+	}
+	if !sn.OverlayFailed() || sn.Kind() != KindCopy || sn.OverlayFailed() {
+		t.Errorf("auto after a failed overlay: kind %s", sn.Kind())
+	}
+	sn2, _ := New(t.TempDir(), nil)
+	sn2.SetKind(KindOverlay)
+	if sn2.OverlayFailed() || sn2.Kind() != KindOverlay {
+		t.Error("an explicit overlay kind fell back")
+	}
+	for in, want := range map[string]Kind{"": KindAuto, "copy": KindCopy, "overlay": KindOverlay, "auto": KindAuto} {
+		if k, err := ParseKind(in); err != nil || k != want {
+			t.Errorf("ParseKind(%q) = %s, %v", in, k, err)
+		}
+	}
+	if _, err := ParseKind("zfs"); err == nil {
+		t.Error("ParseKind(zfs) succeeded")
+	}
+}
