@@ -39,6 +39,7 @@ type buildOptions struct {
 	platform  string
 	outputs   []string
 	insecure  []string
+	jobs      int
 	remote    remoteOptions
 	// RUN sandbox: --secret, --network, --snapshotter
 	secrets     []string
@@ -61,6 +62,7 @@ func addBuildFlags(cmd *cobra.Command, b *buildOptions) {
 	f.StringVar(&b.platform, "platform", "", "target platform (only linux/amd64)")
 	f.StringArrayVarP(&b.outputs, "output", "o", nil, "output: type=oci|docker,dest=FILE.tar, type=local,dest=DIR or type=registry[,name=REF]")
 	f.StringArrayVar(&b.insecure, "insecure-registry", nil, "registry host reached over plain http")
+	f.IntVar(&b.jobs, "jobs", 0, "how many stages may build at once (default: the number of CPUs)")
 	addRemoteFlags(cmd, &b.remote)
 	f.StringArrayVar(&b.secrets, "secret", nil, "secret for RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR; repeatable")
 	f.StringVar(&b.network, "network", "default", "network of RUN steps without --network: default, none or host")
@@ -172,6 +174,7 @@ func runBuild(ctx context.Context, b *buildOptions, contextDir string) error {
 		Progress:       prog.Event,
 		Secrets:        secrets,
 		Network:        b.network,
+		Jobs:           b.jobs,
 		CacheFrom: importCaches(ctx, st, cacheFrom, registry.Options{Insecure: b.insecure}, func(w string) {
 			prog.Event(executor.Event{Kind: executor.KindWarning, Line: w})
 		}),
