@@ -1,12 +1,10 @@
 package remote
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 
@@ -14,6 +12,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/minibuild/minibuild/internal/atomicfile"
 	"github.com/minibuild/minibuild/store"
 )
 
@@ -168,33 +167,9 @@ func copyBlob(s *store.Store, dir string, h v1.Hash) error {
 		return err
 	}
 	defer rc.Close()
-	return writeFrom(dst, rc)
+	return atomicfile.Write(dst, rc, 0o644)
 }
 
 func writeFile(path string, data []byte) error {
-	return writeFrom(path, bytes.NewReader(data))
-}
-
-// writeFrom writes r to path through a temp file and a rename.
-func writeFrom(path string, r io.Reader) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := io.Copy(f, r); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Chmod(f.Name(), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return atomicfile.WriteFile(path, data, 0o644)
 }
