@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 
 	"github.com/minibuild/minibuild/archive"
@@ -17,6 +18,19 @@ import (
 )
 
 func openStore(g *globalOptions) (*store.Store, error) { return store.Open(g.root) }
+
+// openImage opens the store and finds ref in it.
+func openImage(g *globalOptions, ref string) (*store.Store, v1.Image, error) {
+	st, err := openStore(g)
+	if err != nil {
+		return nil, nil, err
+	}
+	img, err := st.Image(ref)
+	if err != nil {
+		return nil, nil, err
+	}
+	return st, img, nil
+}
 
 func newImagesCommand(g *globalOptions) *cobra.Command {
 	return &cobra.Command{
@@ -76,11 +90,7 @@ func newInspectCommand(g *globalOptions) *cobra.Command {
 		Short: "Print an image's id, digest, manifest and config as JSON",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := openStore(g)
-			if err != nil {
-				return err
-			}
-			img, err := st.Image(args[0])
+			st, img, err := openImage(g, args[0])
 			if err != nil {
 				return err
 			}
@@ -128,11 +138,7 @@ func newHistoryCommand(g *globalOptions) *cobra.Command {
 		Short: "Show an image's history, newest first",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := openStore(g)
-			if err != nil {
-				return err
-			}
-			img, err := st.Image(args[0])
+			_, img, err := openImage(g, args[0])
 			if err != nil {
 				return err
 			}
@@ -172,11 +178,7 @@ func newTagCommand(g *globalOptions) *cobra.Command {
 		Short: "Give an image another name",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := openStore(g)
-			if err != nil {
-				return err
-			}
-			img, err := st.Image(args[0])
+			st, img, err := openImage(g, args[0])
 			if err != nil {
 				return err
 			}
