@@ -178,6 +178,11 @@ func TestQuietIidfileAndInvocationForms(t *testing.T) {
 	if r.stdout != b.res.ImageID+"\n" {
 		t.Errorf("-f %s: stdout %q, want %s", df, r.stdout, b.res.ImageID)
 	}
+	// Only linux/amd64 is supported; anything else is refused clearly.
+	r = e.run(runOpts{}, "build", "-q", "--platform", "linux/arm64", "-t", "q:6", ctx)
+	if r.code == 0 || !strings.Contains(r.stderr, "linux/arm64") {
+		t.Errorf("--platform linux/arm64 should be refused naming the platform:\n%s", r)
+	}
 	ins := e.ok("inspect", "q:5")
 	if !strings.Contains(ins.stdout, b.res.ImageID) {
 		t.Errorf("inspect q:5 does not show %s:\n%s", b.res.ImageID, ins.stdout)
