@@ -335,6 +335,7 @@ func (b *builder) buildStage(ctx context.Context, i int) (*stageResult, error) {
 	steps = append(steps, stage.Steps...)
 	run.steps = len(steps) + 1
 	run.report(Event{Step: 1, Instruction: fromText, Status: fromStatus, Key: string(key), Duration: time.Since(start)})
+	b.count(fromStatus == StatusCached)
 
 	for n, step := range steps {
 		sx := &stepExec{b: b, run: run, step: step, n: n + 2, file: file}

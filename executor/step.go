@@ -108,12 +108,15 @@ func (s *stepExec) where() string {
 
 // fail names the Dockerfile line and the step in an error.
 func (s *stepExec) fail(err error) error {
-	if errors.Is(err, context.Canceled) {
-		return err
-	}
 	var pe *parser.Error
 	if errors.As(err, &pe) {
 		return err
+	}
+	if errors.Is(err, context.Canceled) {
+		// Still a context.Canceled for the caller (exit code 130), but the
+		// user learns where the build stopped.
+		return &parser.Error{File: s.file, Line: s.step.Line, Err: err,
+			Msg: fmt.Sprintf("%sstep %d/%d %s: interrupted", s.run.prefix(), s.n, s.run.steps, firstLine(s.step.Original))}
 	}
 	return parser.Errorf(s.file, s.step.Line, "%sstep %d/%d %s: %v", s.run.prefix(), s.n, s.run.steps, firstLine(s.step.Original), err)
 }

@@ -66,9 +66,9 @@ func oneLine(s string) string {
 
 // summary is the line every build ends with.
 func summary(res *executor.Result, tags []string, took time.Duration) string {
-	what := res.ID.String()
+	what := "sha256:" + shortKey(res.ID.String())
 	if len(tags) > 0 {
-		what = strings.Join(tags, ", ") + " " + shortKey(res.ID.String())
+		what = strings.Join(tags, ", ") + " " + what
 	}
 	s := fmt.Sprintf("built %s in %.2fs: %d cached, %d built", what, took.Seconds(), res.StepsCached, res.StepsBuilt)
 	if res.FirstMiss != "" {
