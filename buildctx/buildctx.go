@@ -7,7 +7,10 @@
 package buildctx
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -16,13 +19,14 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/moby/patternmatcher"
 	"github.com/moby/patternmatcher/ignorefile"
-	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 )
 
@@ -57,23 +61,50 @@ type File struct {
 
 // digestState memoizes one file's digest for the life of a Context.
 type digestState struct {
+	// cached is set while the Context is opened (before any concurrent
+	// use) when the stat cache vouches for the file: sum is then final.
+	cached   bool
 	once     sync.Once
-	dg       digest.Digest
+	sum      [sha256.Size]byte
 	err      error
 	computed *cacheEntry // non-nil when the content was read in this session
+	old      *cacheEntry // the stat cache's entry for the same path, if any
 }
 
 // Context is an opened build context. Files, Lookup and Open are safe for
 // concurrent use; so is Digest. Close must come after every Digest call.
 type Context struct {
-	dir   string
-	files []*File
-	index map[string]*File
-	root  *File
+	dir  string
+	tree []*File // tree order: see ComparePaths
+	root *File
 
-	statePath string                // "" when there is no StateDir
-	old       map[string]cacheEntry // the stat cache as loaded
+	sortOnce sync.Once
+	files    []*File // by strings.Compare of Path, made on first use
+
+	statePath string       // "" when there is no StateDir
+	old       []cacheEntry // the stat cache as loaded, in tree order
 	now       func() time.Time
+}
+
+// ComparePaths orders slash paths with "/" before every other byte: the
+// order of a depth-first walk with each directory's names sorted, in which
+// a directory's subtree directly follows it ("a", "a/b", "a-c").
+func ComparePaths(a, b string) int {
+	n := min(len(a), len(b))
+	for i := 0; i < n; i++ {
+		ca, cb := a[i], b[i]
+		if ca == cb {
+			continue
+		}
+		if ca == '/' {
+			return -1
+		}
+		if cb == '/' {
+			return 1
+		}
+		return int(ca) - int(cb)
+	}
+	return len(a) - len(b)
 }
 
 // Open walks dir (with Lstat only, reading no file content) and applies
@@ -101,16 +132,15 @@ func Open(ctx context.Context, dir string, opts Options) (*Context, error) {
 		}
 	}
 	c := &Context{
-		dir:   root,
-		index: map[string]*File{},
-		now:   time.Now,
+		dir: root,
+		now: time.Now,
 	}
 	c.root = fileFromStat(".", &rst, "")
-	var loaded chan map[string]cacheEntry
+	var loaded chan []cacheEntry
 	if opts.StateDir != "" {
 		// load the cache while the walk runs
 		c.statePath = filepath.Join(opts.StateDir, cacheFileName(root))
-		loaded = make(chan map[string]cacheEntry, 1)
+		loaded = make(chan []cacheEntry, 1)
 		go func() { loaded <- loadCache(c.statePath) }()
 	}
 	w := walker{c: c, ctx: ctx}
@@ -128,18 +158,15 @@ func Open(ctx context.Context, dir string, opts Options) (*Context, error) {
 			}
 		}
 	}
-	if c.files, err = w.walk(root); err != nil {
+	if c.tree, err = w.walk(root); err != nil {
 		if loaded != nil {
 			<-loaded
 		}
 		return nil, fmt.Errorf("build context %s: %w", dir, err)
 	}
-	slices.SortFunc(c.files, func(a, b *File) int { return strings.Compare(a.Path, b.Path) })
-	for _, f := range c.files {
-		c.index[f.Path] = f
-	}
 	if loaded != nil {
 		c.old = <-loaded
+		c.attachCache()
 	}
 	return c, nil
 }
@@ -174,22 +201,57 @@ type walker struct {
 	pmMu                 sync.Mutex // patternmatcher compiles lazily: not safe concurrently
 	onlyPrefixExceptions bool
 
-	sem     chan struct{} // bounds the extra goroutines listing directories
-	wg      sync.WaitGroup
-	mu      sync.Mutex // guards files, emitted and err
-	files   []*File
-	emitted map[string]bool
-	err     error
+	bufs  sync.Pool     // getdents buffers
+	sem   chan struct{} // bounds the extra goroutines listing directories
+	wg    sync.WaitGroup
+	count atomic.Int64 // entries listed, to size the result once
+	mu    sync.Mutex   // guards err
+	err   error
+}
+
+// node is one listed directory: its entries sorted by name, each with the
+// node of its own listing when it is a directory that was descended into.
+// Nodes are filled concurrently and joined in order once the walk is done,
+// so the result comes out in tree order without a sort of the whole.
+type node struct {
+	ents []nodeEnt
+}
+
+type nodeEnt struct {
+	f        *File
+	excluded bool  // an excluded directory, kept only if something below is
+	sub      *node // its listing; nil for a directory not descended into
 }
 
 // walk lists the tree under root in parallel (a stat is a syscall each;
-// spreading them over the cores is most of a warm build's context cost).
+// spreading them over the cores is most of a warm build's context cost)
+// and returns the entries in tree order.
 func (w *walker) walk(root string) ([]*File, error) {
 	w.sem = make(chan struct{}, max(2*runtime.GOMAXPROCS(0), 2))
-	w.emitted = map[string]bool{}
-	w.walkDir(root, "", patternmatcher.MatchInfo{}, nil)
+	top := &node{}
+	w.walkDir(root, "", patternmatcher.MatchInfo{}, top)
 	w.wg.Wait()
-	return w.files, w.err
+	if w.err != nil {
+		return nil, w.err
+	}
+	return top.appendTo(make([]*File, 0, w.count.Load())), nil
+}
+
+// appendTo appends n's entries and their subtrees depth first. An excluded
+// directory is emitted only when something beneath it is (as BuildKit's
+// fsutil does), so an exception never produces an orphan.
+func (n *node) appendTo(out []*File) []*File {
+	for _, e := range n.ents {
+		mark := len(out)
+		out = append(out, e.f)
+		if e.sub != nil {
+			out = e.sub.appendTo(out)
+		}
+		if e.excluded && len(out) == mark+1 {
+			out = out[:mark]
+		}
+	}
+	return out
 }
 
 func (w *walker) fail(err error) {
@@ -206,10 +268,9 @@ func (w *walker) failed() bool {
 	return w.err != nil
 }
 
-// walkDir lists one directory. pending holds excluded ancestor directories
-// that are emitted only once something beneath them is included (as
-// BuildKit's fsutil does), so an exception never produces an orphan.
-func (w *walker) walkDir(abs, rel string, info patternmatcher.MatchInfo, pending []*File) {
+// walkDir lists one directory into n and descends into its subdirectories,
+// on another goroutine while the bound allows.
+func (w *walker) walkDir(abs, rel string, info patternmatcher.MatchInfo, n *node) {
 	if err := w.ctx.Err(); err != nil {
 		w.fail(err)
 		return
@@ -218,31 +279,57 @@ func (w *walker) walkDir(abs, rel string, info patternmatcher.MatchInfo, pending
 		return
 	}
 	type sub struct {
-		name string
-		f    *File
-		info patternmatcher.MatchInfo
-		pend []*File
+		abs, rel string
+		info     patternmatcher.MatchInfo
+		n        *node
 	}
 	var subs []sub
-	var local []*File
 	err := func() error {
-		d, err := os.Open(abs)
+		// O_NOFOLLOW: a directory swapped for a symlink since its stat is
+		// an error, never a walk outside the context.
+		fd, err := unix.Open(abs, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
 		if err != nil {
-			return err
+			return &fs.PathError{Op: "open", Path: abs, Err: err}
 		}
-		defer d.Close()
-		names, err := d.Readdirnames(-1)
+		defer unix.Close(fd)
+		dbuf, _ := w.bufs.Get().(*[]byte)
+		if dbuf == nil {
+			b := make([]byte, 32<<10)
+			dbuf = &b
+		}
+		names, err := readNames(fd, *dbuf)
+		w.bufs.Put(dbuf)
 		if err != nil {
-			return err
+			return &fs.PathError{Op: "readdirent", Path: abs, Err: err}
 		}
-		fd := int(d.Fd())
+		slices.Sort(names)
+		// one allocation for every path of the directory, one for its files
+		// and one for their digest states
+		size := 0
 		for _, name := range names {
-			p := name
+			size += len(rel) + 1 + len(name)
+		}
+		buf := make([]byte, 0, size)
+		ends := make([]int, len(names))
+		for i, name := range names {
 			if rel != "" {
-				p = rel + "/" + name
+				buf = append(buf, rel...)
+				buf = append(buf, '/')
 			}
+			buf = append(buf, name...)
+			ends[i] = len(buf)
+		}
+		all := string(buf)
+		files := make([]File, len(names))
+		states := make([]digestState, len(names))
+		n.ents = make([]nodeEnt, 0, len(names))
+		start := 0
+		for i, name := range names {
+			p := all[start:ends[i]]
+			start = ends[i]
+			f := &files[i]
 			var st unix.Stat_t
-			if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if err := fstatat(fd, name, &st); err != nil {
 				if errors.Is(err, unix.ENOENT) {
 					continue // vanished during the walk
 				}
@@ -260,13 +347,6 @@ func (w *walker) walkDir(abs, rel string, info patternmatcher.MatchInfo, pending
 				}
 				minfo, excluded = mi, m
 			}
-			var link string
-			if st.Mode&unix.S_IFMT == unix.S_IFLNK {
-				if link, err = readlinkat(fd, name); err != nil {
-					return fmt.Errorf("readlink %s: %w", p, err)
-				}
-			}
-			f := fileFromStat(p, &st, link)
 			if excluded {
 				if !isDir {
 					continue
@@ -279,44 +359,95 @@ func (w *walker) walkDir(abs, rel string, info patternmatcher.MatchInfo, pending
 					excluded = false
 				}
 			}
-			if !excluded {
-				if len(pending) > 0 {
-					w.emit(pending)
-					pending = nil
+			var link string
+			if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+				if link, err = readlinkat(fd, name); err != nil {
+					return fmt.Errorf("readlink %s: %w", p, err)
 				}
-				local = append(local, f)
 			}
+			fillFromStat(f, p, &st, link)
+			if f.Mode.IsRegular() {
+				f.state = &states[i]
+			}
+			ent := nodeEnt{f: f, excluded: excluded}
 			if isDir {
-				var pend []*File
-				if excluded {
-					pend = append(slices.Clip(pending), f)
-				}
-				subs = append(subs, sub{name: name, f: f, info: minfo, pend: pend})
+				ent.sub = &node{}
+				subs = append(subs, sub{abs: abs + "/" + name, rel: p, info: minfo, n: ent.sub})
 			}
+			n.ents = append(n.ents, ent)
 		}
+		w.count.Add(int64(len(n.ents)))
 		return nil
 	}()
 	if err != nil {
 		w.fail(err)
 		return
 	}
-	w.mu.Lock()
-	w.files = append(w.files, local...)
-	w.mu.Unlock()
 	for _, s := range subs {
-		subAbs := filepath.Join(abs, s.name)
 		select {
 		case w.sem <- struct{}{}:
 			w.wg.Add(1)
 			go func() {
 				defer w.wg.Done()
 				defer func() { <-w.sem }()
-				w.walkDir(subAbs, s.f.Path, s.info, s.pend)
+				w.walkDir(s.abs, s.rel, s.info, s.n)
 			}()
 		default:
-			w.walkDir(subAbs, s.f.Path, s.info, s.pend)
+			w.walkDir(s.abs, s.rel, s.info, s.n)
 		}
 	}
+}
+
+// readNames lists a directory with getdents64, skipping "." and "..".
+// The names share one string in which each is followed by a NUL, so
+// fstatat can pass them to the kernel without a copy.
+func readNames(fd int, buf []byte) ([]string, error) {
+	if buf == nil {
+		buf = make([]byte, 32<<10)
+	}
+	var arena []byte
+	var ends []int
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n <= 0 {
+			break
+		}
+		for off := 0; off < n; {
+			// struct linux_dirent64: ino u64, off i64, reclen u16, type u8, name
+			if off+19 > n {
+				return nil, errors.New("malformed directory entry")
+			}
+			reclen := int(binary.NativeEndian.Uint16(buf[off+16:]))
+			if reclen < 19 || off+reclen > n {
+				return nil, errors.New("malformed directory entry")
+			}
+			name := buf[off+19 : off+reclen]
+			if i := bytes.IndexByte(name, 0); i >= 0 {
+				name = name[:i]
+			}
+			off += reclen
+			if len(name) == 0 || (name[0] == '.' && (len(name) == 1 || (len(name) == 2 && name[1] == '.'))) {
+				continue
+			}
+			arena = append(arena, name...)
+			ends = append(ends, len(arena))
+			arena = append(arena, 0)
+		}
+	}
+	all := string(arena)
+	names := make([]string, len(ends))
+	start := 0
+	for i, end := range ends {
+		names[i] = all[start:end]
+		start = end + 1
+	}
+	return names, nil
 }
 
 // exceptionUnder reports whether some "!" pattern names a path inside dir.
@@ -333,19 +464,6 @@ func (w *walker) exceptionUnder(dir string) bool {
 	return false
 }
 
-// emit adds excluded ancestors that turn out to contain included entries.
-func (w *walker) emit(pending []*File) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, f := range pending {
-		if w.emitted[f.Path] {
-			continue
-		}
-		w.emitted[f.Path] = true
-		w.files = append(w.files, f)
-	}
-}
-
 func readlinkat(fd int, name string) (string, error) {
 	for size := 256; ; size *= 2 {
 		buf := make([]byte, size)
@@ -360,7 +478,17 @@ func readlinkat(fd int, name string) (string, error) {
 }
 
 func fileFromStat(p string, st *unix.Stat_t, link string) *File {
-	f := &File{
+	f := &File{}
+	fillFromStat(f, p, st, link)
+	if f.Mode.IsRegular() {
+		f.state = &digestState{}
+	}
+	return f
+}
+
+// fillFromStat sets f's fields (all but state) from st.
+func fillFromStat(f *File, p string, st *unix.Stat_t, link string) {
+	*f = File{
 		Path:    p,
 		Mode:    modeFromStat(st.Mode),
 		UID:     int(st.Uid),
@@ -375,10 +503,6 @@ func fileFromStat(p string, st *unix.Stat_t, link string) *File {
 		ctimeNs: st.Ctim.Nano(),
 		rawMode: st.Mode,
 	}
-	if f.Mode.IsRegular() {
-		f.state = &digestState{}
-	}
-	return f
 }
 
 func modeFromStat(m uint32) fs.FileMode {
@@ -413,7 +537,34 @@ func modeFromStat(m uint32) fs.FileMode {
 func (c *Context) Dir() string { return c.dir }
 
 // Files lists every non-ignored entry (not the root itself), sorted by Path.
-func (c *Context) Files() []*File { return c.files }
+func (c *Context) Files() []*File {
+	c.sortOnce.Do(func() {
+		c.files = slices.Clone(c.tree)
+		slices.SortFunc(c.files, func(a, b *File) int { return strings.Compare(a.Path, b.Path) })
+	})
+	return c.files
+}
+
+// Tree lists the same entries as Files in tree order (see ComparePaths).
+func (c *Context) Tree() []*File { return c.tree }
+
+// Under lists the entries strictly inside dir ("" or "." = the root) in
+// tree order, without copying.
+func (c *Context) Under(dir string) []*File {
+	dir = path.Clean("/" + dir)[1:]
+	if dir == "" {
+		return c.tree
+	}
+	i, ok := slices.BinarySearchFunc(c.tree, dir, func(f *File, t string) int { return ComparePaths(f.Path, t) })
+	if !ok {
+		return nil
+	}
+	// the subtree is contiguous after dir itself
+	pre := dir + "/"
+	rest := c.tree[i+1:]
+	j := sort.Search(len(rest), func(k int) bool { return !strings.HasPrefix(rest[k].Path, pre) })
+	return rest[:j]
+}
 
 // Lookup finds an entry by its slash-separated relative path; "." (or "")
 // is the context root.
@@ -422,8 +573,11 @@ func (c *Context) Lookup(p string) (*File, bool) {
 	if p == "" {
 		return c.root, true
 	}
-	f, ok := c.index[p]
-	return f, ok
+	i, ok := slices.BinarySearchFunc(c.tree, p, func(f *File, t string) int { return ComparePaths(f.Path, t) })
+	if !ok {
+		return nil, false
+	}
+	return c.tree[i], true
 }
 
 // Open opens a regular file of the context for reading, refusing to

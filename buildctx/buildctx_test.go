@@ -302,3 +302,97 @@ func BenchmarkWarmRehash20k(b *testing.B) {
 		run()
 	}
 }
+
+func TestTreeOrder(t *testing.T) {
+	dir := t.TempDir()
+	mktree(t, dir, "a/b", "a/c/d", "a-c", "a.txt", "ab", "a!", "b/", "z")
+	c, err := Open(context.Background(), dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tree []string
+	for _, f := range c.Tree() {
+		tree = append(tree, f.Path)
+	}
+	want := []string{"a", "a/b", "a/c", "a/c/d", "a!", "a-c", "a.txt", "ab", "b", "z"}
+	if !slices.Equal(tree, want) {
+		t.Fatalf("tree order\n got %q\nwant %q", tree, want)
+	}
+	sorted := paths(c)
+	if !slices.IsSorted(sorted) || len(sorted) != len(want) {
+		t.Errorf("Files not sorted by path: %q", sorted)
+	}
+	under := func(d string) []string {
+		var out []string
+		for _, f := range c.Under(d) {
+			out = append(out, f.Path)
+		}
+		return out
+	}
+	for _, tt := range []struct {
+		dir  string
+		want []string
+	}{
+		{"a", []string{"a/b", "a/c", "a/c/d"}},
+		{"/a/c/", []string{"a/c/d"}},
+		{"b", nil},
+		{"missing", nil},
+		{".", want},
+	} {
+		if got := under(tt.dir); !slices.Equal(got, tt.want) {
+			t.Errorf("Under(%q) = %q, want %q", tt.dir, got, tt.want)
+		}
+	}
+	for _, p := range want {
+		if f, ok := c.Lookup("./" + p); !ok || f.Path != p {
+			t.Errorf("Lookup(%q) = %v %v", p, f, ok)
+		}
+	}
+	for _, p := range []string{"a/", "a/c/d/", "missing", "a/x", "a-"} {
+		if f, ok := c.Lookup(p); ok != (p == "a/" || p == "a/c/d/") {
+			t.Errorf("Lookup(%q) = %v %v", p, f, ok)
+		}
+	}
+}
+
+func TestComparePaths(t *testing.T) {
+	for _, tt := range []struct {
+		a, b string
+		want int
+	}{
+		{"a", "a", 0}, {"a", "a/b", -1}, {"a/b", "a-c", -1}, {"a/b", "a.txt", -1},
+		{"a-c", "a/b", 1}, {"ab", "a/b", 1}, {"a/b/c", "a/bc", -1}, {"", "a", -1},
+	} {
+		if got := ComparePaths(tt.a, tt.b); (got > 0) != (tt.want > 0) || (got < 0) != (tt.want < 0) {
+			t.Errorf("ComparePaths(%q, %q) = %d, want sign of %d", tt.a, tt.b, got, tt.want)
+		}
+	}
+}
+
+func TestStatCacheFormat(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "cache")
+	es := []cacheEntry{
+		{path: "a", size: 1, mtime: 2, ctime: 3, ino: 4, dev: 5, mode: 0o100644, recorded: 6, sum: sha256.Sum256([]byte("a"))},
+		{path: "a/b", size: 7, mtime: -8, ctime: 9, ino: 10, dev: 11, mode: 0o100755, recorded: 12},
+		{path: "a-c", recorded: 13},
+	}
+	if err := saveCache(file, es); err != nil {
+		t.Fatal(err)
+	}
+	if got := loadCache(file); !slices.Equal(got, es) {
+		t.Fatalf("round trip\n got %+v\nwant %+v", got, es)
+	}
+	// entries out of tree order are refused whole
+	es[1], es[2] = es[2], es[1]
+	if err := saveCache(file, es); err != nil {
+		t.Fatal(err)
+	}
+	if got := loadCache(file); got != nil {
+		t.Errorf("unsorted cache accepted: %+v", got)
+	}
+	// so is a truncated one
+	data, _ := os.ReadFile(file)
+	if _, err := decodeCache(data[:len(data)-1]); err == nil {
+		t.Error("truncated cache accepted")
+	}
+}

@@ -27,10 +27,13 @@ import (
 const racyMargin = 2 * time.Second
 
 // cacheMagic versions the stat cache file; a different format is ignored.
-const cacheMagic = "minibuild-statcache-v1\n"
+// v2 keeps entries in tree order (ComparePaths), so that Open matches them
+// to the walk in one merge instead of through a map.
+const cacheMagic = "minibuild-statcache-v2\n"
 
 // cacheEntry is what the stat cache remembers about one regular file.
 type cacheEntry struct {
+	path               string
 	size, mtime, ctime int64
 	ino, dev           uint64
 	mode               uint32
@@ -48,49 +51,108 @@ func (e *cacheEntry) trusted(f *File) bool {
 	return e.matches(f) && e.mtime < e.recorded-int64(racyMargin)
 }
 
+// attachCache pairs each regular file with the stat cache's entry of the
+// same path (both lists are in tree order) and takes the digests of those
+// the entry vouches for. It runs before the Context is shared.
+func (c *Context) attachCache() {
+	old := c.old
+	i := 0
+	for _, f := range c.tree {
+		if f.state == nil {
+			continue
+		}
+		for i < len(old) && ComparePaths(old[i].path, f.Path) < 0 {
+			i++
+		}
+		if i == len(old) {
+			return
+		}
+		if e := &old[i]; e.path == f.Path {
+			f.state.old = e
+			if e.trusted(f) {
+				f.state.cached, f.state.sum = true, e.sum
+			}
+			i++
+		}
+	}
+}
+
 // Digest returns the sha256 of a regular file's content. It is computed at
 // most once per Context, and not at all when the stat cache holds a trusted
 // entry for the file.
 func (c *Context) Digest(f *File) (digest.Digest, error) {
-	if f.state == nil {
-		return "", fmt.Errorf("digest %s: not a regular file", f.Path)
+	sum, err := c.Sum(f)
+	if err != nil {
+		return "", err
 	}
-	f.state.once.Do(func() {
-		if e, ok := c.old[f.Path]; ok && e.trusted(f) {
-			f.state.dg = digest.NewDigestFromBytes(digest.SHA256, e.sum[:])
-			return
+	var b [7 + 2*sha256.Size]byte
+	copy(b[:], "sha256:")
+	hex.Encode(b[7:], sum[:])
+	return digest.Digest(b[:]), nil
+}
+
+// Sum is Digest as the raw sha256, for callers that hash many digests and
+// need no string per file.
+func (c *Context) Sum(f *File) ([sha256.Size]byte, error) {
+	st := f.state
+	if st == nil {
+		return [sha256.Size]byte{}, fmt.Errorf("digest %s: not a regular file", f.Path)
+	}
+	if st.cached {
+		return st.sum, nil
+	}
+	return c.compute(f, nil)
+}
+
+// compute hashes f once for the life of the Context.
+func (c *Context) compute(f *File, buf []byte) ([sha256.Size]byte, error) {
+	st := f.state
+	st.once.Do(func() {
+		if st.computed, st.err = c.hash(f, buf); st.err == nil {
+			st.sum = st.computed.sum
 		}
-		f.state.dg, f.state.computed, f.state.err = c.hash(f)
 	})
-	return f.state.dg, f.state.err
+	return st.sum, st.err
 }
 
 // hash reads the file, checking that it is still the file the walk saw.
-func (c *Context) hash(f *File) (digest.Digest, *cacheEntry, error) {
+// buf (nil: one is made) is scratch space for reading.
+func (c *Context) hash(f *File, buf []byte) (*cacheEntry, error) {
 	recorded := c.now().UnixNano() // before reading: conservative for the racy rule
 	fh, err := c.Open(f)
 	if err != nil {
-		return "", nil, fmt.Errorf("digest %s: %w", f.Path, err)
+		return nil, fmt.Errorf("digest %s: %w", f.Path, err)
 	}
 	defer fh.Close()
 	var st unix.Stat_t
 	if err := unix.Fstat(int(fh.Fd()), &st); err != nil {
-		return "", nil, fmt.Errorf("digest %s: %w", f.Path, err)
+		return nil, fmt.Errorf("digest %s: %w", f.Path, err)
 	}
 	if st.Size != f.Size || st.Mtim.Nano() != f.mtimeNs || st.Ctim.Nano() != f.ctimeNs || st.Ino != f.Ino || st.Dev != f.Dev {
-		return "", nil, fmt.Errorf("digest %s: file changed during the build", f.Path)
+		return nil, fmt.Errorf("digest %s: file changed during the build", f.Path)
+	}
+	if buf == nil {
+		buf = make([]byte, min(max(f.Size+1, 512), 64<<10))
 	}
 	h := sha256.New()
-	n, err := io.Copy(h, fh)
-	if err != nil {
-		return "", nil, fmt.Errorf("digest %s: %w", f.Path, err)
+	var n int64
+	for {
+		k, err := fh.Read(buf)
+		h.Write(buf[:k])
+		n += int64(k)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("digest %s: %w", f.Path, err)
+		}
 	}
 	if n != f.Size {
-		return "", nil, fmt.Errorf("digest %s: file changed during the build", f.Path)
+		return nil, fmt.Errorf("digest %s: file changed during the build", f.Path)
 	}
 	e := &cacheEntry{size: f.Size, mtime: f.mtimeNs, ctime: f.ctimeNs, ino: f.Ino, dev: f.Dev, mode: f.rawMode, recorded: recorded}
 	h.Sum(e.sum[:0])
-	return digest.NewDigestFromBytes(digest.SHA256, e.sum[:]), e, nil
+	return e, nil
 }
 
 // DigestAll digests files (regular ones; others are skipped), reading the
@@ -98,11 +160,7 @@ func (c *Context) hash(f *File) (digest.Digest, *cacheEntry, error) {
 func (c *Context) DigestAll(ctx context.Context, files []*File) error {
 	var misses []*File
 	for _, f := range files {
-		if f.state == nil {
-			continue
-		}
-		if e, ok := c.old[f.Path]; ok && e.trusted(f) {
-			f.state.once.Do(func() { f.state.dg = digest.NewDigestFromBytes(digest.SHA256, e.sum[:]) })
+		if f.state == nil || f.state.cached {
 			continue
 		}
 		misses = append(misses, f)
@@ -120,8 +178,9 @@ func (c *Context) DigestAll(ctx context.Context, files []*File) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			buf := make([]byte, 64<<10)
 			for f := range work {
-				if _, err := c.Digest(f); err != nil {
+				if _, err := c.compute(f, buf); err != nil {
 					errs <- err
 					cancel()
 					return
@@ -154,32 +213,35 @@ func (c *Context) Close() error {
 		return nil
 	}
 	kept, dirty := 0, false
-	for _, f := range c.files {
-		if f.state == nil {
+	for _, f := range c.tree {
+		st := f.state
+		if st == nil {
 			continue
 		}
-		if f.state.computed != nil {
+		if st.computed != nil {
 			dirty = true
 			break
 		}
-		if e, ok := c.old[f.Path]; ok && e.matches(f) {
+		if st.old != nil && st.old.matches(f) {
 			kept++
 		}
 	}
 	if !dirty && kept == len(c.old) {
 		return nil // nothing learned, nothing dropped
 	}
-	next := make(map[string]cacheEntry, len(c.old))
-	for _, f := range c.files {
-		if f.state == nil {
+	next := make([]cacheEntry, 0, len(c.tree))
+	for _, f := range c.tree {
+		st := f.state
+		if st == nil {
 			continue
 		}
-		if e := f.state.computed; e != nil {
-			next[f.Path] = *e
+		if e := st.computed; e != nil {
+			next = append(next, *e)
+			next[len(next)-1].path = f.Path
 			continue
 		}
-		if e, ok := c.old[f.Path]; ok && e.matches(f) {
-			next[f.Path] = e
+		if e := st.old; e != nil && e.matches(f) {
+			next = append(next, *e)
 		}
 	}
 	if err := saveCache(c.statePath, next); err != nil {
@@ -194,30 +256,33 @@ func cacheFileName(root string) string {
 	return "statcache-" + hex.EncodeToString(sum[:16])
 }
 
-// The file: magic, uvarint count, entries (uvarint path length, path,
-// 7×8 bytes of stat and time, 32 bytes of sha256), then a sha256 of all
-// that precedes it, so a torn or corrupt file is recognized and ignored.
-func saveCache(file string, entries map[string]cacheEntry) error {
-	var b bytes.Buffer
-	b.Grow(len(cacheMagic) + len(entries)*120 + 64)
-	b.WriteString(cacheMagic)
-	b.Write(binary.AppendUvarint(nil, uint64(len(entries))))
-	var fixed [7*8 + sha256.Size]byte
-	for p, e := range entries {
-		b.Write(binary.AppendUvarint(nil, uint64(len(p))))
-		b.WriteString(p)
-		binary.LittleEndian.PutUint64(fixed[0:], uint64(e.size))
-		binary.LittleEndian.PutUint64(fixed[8:], uint64(e.mtime))
-		binary.LittleEndian.PutUint64(fixed[16:], uint64(e.ctime))
-		binary.LittleEndian.PutUint64(fixed[24:], e.ino)
-		binary.LittleEndian.PutUint64(fixed[32:], e.dev)
-		binary.LittleEndian.PutUint64(fixed[40:], uint64(e.mode))
-		binary.LittleEndian.PutUint64(fixed[48:], uint64(e.recorded))
-		copy(fixed[56:], e.sum[:])
-		b.Write(fixed[:])
+// The file: magic, uvarint count, entries in tree order (uvarint path
+// length, path, 7×8 bytes of stat and time, 32 bytes of sha256), then a
+// sha256 of all that precedes it, so a torn or corrupt file is recognized
+// and ignored.
+func saveCache(file string, entries []cacheEntry) error {
+	size := len(cacheMagic) + binary.MaxVarintLen64 + sha256.Size
+	for i := range entries {
+		size += binary.MaxVarintLen64 + len(entries[i].path) + cacheFixed
 	}
-	sum := sha256.Sum256(b.Bytes())
-	b.Write(sum[:])
+	b := make([]byte, 0, size)
+	b = append(b, cacheMagic...)
+	b = binary.AppendUvarint(b, uint64(len(entries)))
+	for i := range entries {
+		e := &entries[i]
+		b = binary.AppendUvarint(b, uint64(len(e.path)))
+		b = append(b, e.path...)
+		b = binary.LittleEndian.AppendUint64(b, uint64(e.size))
+		b = binary.LittleEndian.AppendUint64(b, uint64(e.mtime))
+		b = binary.LittleEndian.AppendUint64(b, uint64(e.ctime))
+		b = binary.LittleEndian.AppendUint64(b, e.ino)
+		b = binary.LittleEndian.AppendUint64(b, e.dev)
+		b = binary.LittleEndian.AppendUint64(b, uint64(e.mode))
+		b = binary.LittleEndian.AppendUint64(b, uint64(e.recorded))
+		b = append(b, e.sum[:]...)
+	}
+	sum := sha256.Sum256(b)
+	b = append(b, sum[:]...)
 
 	dir := filepath.Dir(file)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -227,7 +292,7 @@ func saveCache(file string, entries map[string]cacheEntry) error {
 	if err != nil {
 		return err
 	}
-	if _, err := tmp.Write(b.Bytes()); err != nil {
+	if _, err := tmp.Write(b); err != nil {
 		tmp.Close()
 		os.Remove(tmp.Name())
 		return err
@@ -243,11 +308,14 @@ func saveCache(file string, entries map[string]cacheEntry) error {
 	return nil
 }
 
+// cacheFixed is the size of an entry after its path.
+const cacheFixed = 7*8 + sha256.Size
+
 var errCorrupt = errors.New("corrupt stat cache")
 
 // loadCache returns the cached entries; a missing or corrupt file gives an
 // empty cache (the cost is re-reading files, never a wrong digest).
-func loadCache(file string) map[string]cacheEntry {
+func loadCache(file string) []cacheEntry {
 	data, err := os.ReadFile(file)
 	if err != nil {
 		return nil
@@ -259,7 +327,9 @@ func loadCache(file string) map[string]cacheEntry {
 	return m
 }
 
-func decodeCache(data []byte) (map[string]cacheEntry, error) {
+// decodeCache parses a cache file; the paths share one string, and must be
+// strictly increasing in tree order.
+func decodeCache(data []byte) ([]cacheEntry, error) {
 	if len(data) < len(cacheMagic)+sha256.Size || string(data[:len(cacheMagic)]) != cacheMagic {
 		return nil, errCorrupt
 	}
@@ -267,36 +337,38 @@ func decodeCache(data []byte) (map[string]cacheEntry, error) {
 	if sum := sha256.Sum256(body); !bytes.Equal(sum[:], trailer) {
 		return nil, errCorrupt
 	}
-	r := body[len(cacheMagic):]
-	count, n := binary.Uvarint(r)
-	if n <= 0 || count > uint64(len(r)) {
+	all := string(body)
+	off := len(cacheMagic)
+	count, n := binary.Uvarint(data[off:len(body)])
+	if n <= 0 || count > uint64(len(body)-off)/cacheFixed {
 		return nil, errCorrupt
 	}
-	r = r[n:]
-	m := make(map[string]cacheEntry, count)
-	const fixed = 7*8 + sha256.Size
-	for range count {
-		l, n := binary.Uvarint(r)
-		if n <= 0 || l > uint64(len(r)-n) || uint64(len(r)-n)-l < fixed {
+	off += n
+	es := make([]cacheEntry, count)
+	for i := range es {
+		l, n := binary.Uvarint(data[off:len(body)])
+		if n <= 0 || l > uint64(len(body)-off-n) || uint64(len(body)-off-n)-l < cacheFixed {
 			return nil, errCorrupt
 		}
-		p := string(r[n : n+int(l)])
-		r = r[n+int(l):]
-		e := cacheEntry{
-			size:     int64(binary.LittleEndian.Uint64(r[0:])),
-			mtime:    int64(binary.LittleEndian.Uint64(r[8:])),
-			ctime:    int64(binary.LittleEndian.Uint64(r[16:])),
-			ino:      binary.LittleEndian.Uint64(r[24:]),
-			dev:      binary.LittleEndian.Uint64(r[32:]),
-			mode:     uint32(binary.LittleEndian.Uint64(r[40:])),
-			recorded: int64(binary.LittleEndian.Uint64(r[48:])),
+		off += n
+		e := &es[i]
+		e.path = all[off : off+int(l)]
+		if i > 0 && ComparePaths(es[i-1].path, e.path) >= 0 {
+			return nil, errCorrupt
 		}
-		copy(e.sum[:], r[56:fixed])
-		r = r[fixed:]
-		m[p] = e
+		r := data[off+int(l) : off+int(l)+cacheFixed]
+		off += int(l) + cacheFixed
+		e.size = int64(binary.LittleEndian.Uint64(r[0:]))
+		e.mtime = int64(binary.LittleEndian.Uint64(r[8:]))
+		e.ctime = int64(binary.LittleEndian.Uint64(r[16:]))
+		e.ino = binary.LittleEndian.Uint64(r[24:])
+		e.dev = binary.LittleEndian.Uint64(r[32:])
+		e.mode = uint32(binary.LittleEndian.Uint64(r[40:]))
+		e.recorded = int64(binary.LittleEndian.Uint64(r[48:]))
+		copy(e.sum[:], r[56:cacheFixed])
 	}
-	if len(r) != 0 {
+	if off != len(body) {
 		return nil, errCorrupt
 	}
-	return m, nil
+	return es, nil
 }

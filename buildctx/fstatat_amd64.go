@@ -1,0 +1,7 @@
+//go:build linux && amd64
+
+package buildctx
+
+import "golang.org/x/sys/unix"
+
+const sysFstatat = unix.SYS_NEWFSTATAT
