@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/minibuild/minibuild/buildctx"
 	"github.com/minibuild/minibuild/layer"
@@ -78,7 +80,8 @@ type entry struct {
 	mode     int64
 	uid, gid int
 	size     int64
-	sum      digest.Digest
+	sum      digest.Digest     // content digest, but for context files
+	raw      [sha256.Size]byte // a context file's sha256
 	link     string
 	mtime    time.Time
 
@@ -206,10 +209,12 @@ func (p *Planned) plan(ctx context.Context, req Request) error {
 		destIsDir = fi != nil && fi.IsDir()
 	}
 
-	byPath := map[string]*entry{}
+	// entries in the order the sources give them; a later one with the
+	// same path replaces an earlier one
+	var list []*entry
 	put := func(e *entry) {
 		if e.path != "" { // never the image root itself
-			byPath[e.path] = e
+			list = append(list, e)
 		}
 	}
 	target := func(name string) string {
@@ -244,19 +249,30 @@ func (p *Planned) plan(ctx context.Context, req Request) error {
 				put(e)
 			}
 		case it.dir != "" || it.file.Mode.IsDir():
-			for _, f := range under(p.c, it.dir) {
-				put(contextEntry(f, rel(path.Join(dest, strings.TrimPrefix(f.Path, prefixOf(it.dir)))), req))
+			// a directory's tree lands under dest in the same order: the
+			// paths only gain a common prefix
+			files := p.c.Under(it.dir)
+			slab := make([]entry, len(files))
+			base := strings.TrimPrefix(dest, "/")
+			skip := len(prefixOf(it.dir))
+			for i, f := range files {
+				e := &slab[i]
+				dst := f.Path[skip:]
+				if base != "" {
+					dst = base + "/" + dst
+				}
+				if contextEntry(e, f, dst, req) {
+					put(e)
+				}
 			}
 		default:
-			put(contextEntry(it.file, target(it.name), req))
+			var e entry
+			if contextEntry(&e, it.file, target(it.name), req) {
+				put(&e)
+			}
 		}
 	}
-
-	entries := make([]*entry, 0, len(byPath)+4)
-	for _, e := range byPath {
-		entries = append(entries, e)
-	}
-	sortEntries(entries)
+	entries := sortEntries(list)
 	if err := linkHardLinks(entries); err != nil {
 		return err
 	}
@@ -267,8 +283,12 @@ func (p *Planned) plan(ctx context.Context, req Request) error {
 		owner = *req.Chown
 	}
 	var created []*entry
+	isCreated := map[string]bool{}
 	need := func(dir string) error {
-		if dir == "" || byPath[dir] != nil {
+		if dir == "" || isCreated[dir] {
+			return nil
+		}
+		if _, ok := slices.BinarySearchFunc(entries, dir, func(e *entry, t string) int { return comparePaths(e.path, t) }); ok {
 			return nil
 		}
 		fi, err := stat.info("/" + dir)
@@ -281,27 +301,45 @@ func (p *Planned) plan(ctx context.Context, req Request) error {
 			}
 			return nil
 		}
-		e := &entry{path: dir, typ: tar.TypeDir, mode: 0o755, uid: owner.UID, gid: owner.GID, mtime: time.Unix(0, 0), created: true}
-		byPath[dir] = e
-		created = append(created, e)
+		created = append(created, &entry{path: dir, typ: tar.TypeDir, mode: 0o755, uid: owner.UID, gid: owner.GID, mtime: time.Unix(0, 0), created: true})
+		isCreated[dir] = true
+		return nil
+	}
+	needAncestors := func(p string) error {
+		for i := 0; i < len(p); i++ {
+			if p[i] == '/' {
+				if err := need(p[:i]); err != nil {
+					return err
+				}
+			}
+		}
 		return nil
 	}
 	if destIsDir {
-		for _, d := range ancestors(rel(dest), true) {
+		if d := rel(dest); d != "" {
+			if err := needAncestors(d); err != nil {
+				return err
+			}
 			if err := need(d); err != nil {
 				return err
 			}
 		}
 	}
+	lastParent := "\x00" // no path has it: the first entry is always checked
 	for _, e := range entries {
-		for _, d := range ancestors(e.path, false) {
-			if err := need(d); err != nil {
-				return err
-			}
+		// entries sharing a parent share every ancestor: check them once
+		parent := e.path[:max(strings.LastIndexByte(e.path, '/'), 0)]
+		if parent == lastParent {
+			continue
+		}
+		lastParent = parent
+		if err := needAncestors(e.path); err != nil {
+			return err
 		}
 	}
-	entries = append(entries, created...)
-	sortEntries(entries)
+	if len(created) > 0 {
+		entries = mergeEntries(entries, sortEntries(created))
+	}
 	p.entries = entries
 
 	var files []*buildctx.File
@@ -315,11 +353,11 @@ func (p *Planned) plan(ctx context.Context, req Request) error {
 	}
 	for _, e := range entries {
 		if e.kind == srcContext {
-			d, err := p.c.Digest(e.file)
+			sum, err := p.c.Sum(e.file)
 			if err != nil {
 				return fmt.Errorf("failed to compute cache key: %w", err)
 			}
-			e.sum = d
+			e.raw = sum
 		}
 	}
 	p.key = computeKey(entries)
@@ -328,29 +366,41 @@ func (p *Planned) plan(ctx context.Context, req Request) error {
 
 // sortEntries orders entries by path component by component, so a
 // directory always precedes its children ("a/b" before "a-c" is not
-// required, but "a" before "a/b" is).
-func sortEntries(es []*entry) {
-	slices.SortFunc(es, func(a, b *entry) int { return comparePaths(a.path, b.path) })
+// required, but "a" before "a/b" is), and drops all but the last of
+// entries with the same path. Entries from one directory source come in
+// that order already, so the common case is one pass that checks it.
+func sortEntries(es []*entry) []*entry {
+	cmp := func(a, b *entry) int { return comparePaths(a.path, b.path) }
+	if !slices.IsSortedFunc(es, cmp) {
+		slices.SortStableFunc(es, cmp)
+	}
+	out := es[:0]
+	for i, e := range es {
+		if i+1 < len(es) && es[i+1].path == e.path {
+			continue // replaced by a later source
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// mergeEntries merges two sorted lists with no path in common.
+func mergeEntries(a, b []*entry) []*entry {
+	out := make([]*entry, 0, len(a)+len(b))
+	for len(a) > 0 && len(b) > 0 {
+		if comparePaths(a[0].path, b[0].path) < 0 {
+			out, a = append(out, a[0]), a[1:]
+		} else {
+			out, b = append(out, b[0]), b[1:]
+		}
+	}
+	out = append(out, a...)
+	return append(out, b...)
 }
 
 // comparePaths compares slash paths with "/" sorting before every other
 // byte, which keeps each directory's subtree contiguous after it.
-func comparePaths(a, b string) int {
-	for i := 0; i < len(a) && i < len(b); i++ {
-		ca, cb := a[i], b[i]
-		if ca == cb {
-			continue
-		}
-		if ca == '/' {
-			return -1
-		}
-		if cb == '/' {
-			return 1
-		}
-		return int(ca) - int(cb)
-	}
-	return len(a) - len(b)
-}
+func comparePaths(a, b string) int { return buildctx.ComparePaths(a, b) }
 
 // linkHardLinks turns every group of entries sharing one content identity
 // (a context inode, or an archive's hard-link target) into one regular file
@@ -399,11 +449,12 @@ func linkHardLinks(es []*entry) error {
 	return nil
 }
 
-// contextEntry maps a context file to the entry it lands as: owner is
+// contextEntry fills e with how a context file lands at dst: owner is
 // the --chown owner, the file's own with KeepOwner, else root (context
-// ownership is not kept, as docker).
-func contextEntry(f *buildctx.File, dst string, req Request) *entry {
-	e := &entry{path: dst, mode: tarMode(f.Mode), mtime: f.ModTime, file: f}
+// ownership is not kept, as docker). It reports false for what is not
+// copied: sockets, fifos, devices.
+func contextEntry(e *entry, f *buildctx.File, dst string, req Request) bool {
+	*e = entry{path: dst, mode: tarMode(f.Mode), mtime: f.ModTime, file: f}
 	switch {
 	case req.Chown != nil:
 		e.uid, e.gid = req.Chown.UID, req.Chown.GID
@@ -417,14 +468,14 @@ func contextEntry(f *buildctx.File, dst string, req Request) *entry {
 		e.typ = tar.TypeDir
 	case f.Mode&fs.ModeSymlink != 0:
 		e.typ, e.link, e.mode = tar.TypeSymlink, f.Link, 0o777
-		return e
+		return true
 	default:
-		return &entry{} // sockets, fifos, devices are not copied (dropped by put)
+		return false
 	}
 	if req.Chmod != nil {
 		e.mode = tarMode(*req.Chmod)
 	}
-	return e
+	return true
 }
 
 // tarMode converts permission and special bits; a raw octal (0o4755 given
@@ -443,27 +494,58 @@ func tarMode(m fs.FileMode) int64 {
 	return v
 }
 
-// computeKey hashes a versioned, length-prefixed encoding of the entries.
+// computeKey hashes a versioned, length-prefixed encoding of the entries
+// (each field: uvarint length, bytes), batched through one buffer.
 func computeKey(es []*entry) digest.Digest {
 	h := sha256.New()
-	var buf []byte
+	buf := make([]byte, 0, 64<<10)
+	var num [24]byte
 	field := func(s string) {
-		buf = binary.AppendUvarint(buf[:0], uint64(len(s)))
-		h.Write(buf)
-		io.WriteString(h, s)
+		buf = binary.AppendUvarint(buf, uint64(len(s)))
+		buf = append(buf, s...)
+	}
+	fieldBytes := func(b []byte) {
+		buf = binary.AppendUvarint(buf, uint64(len(b)))
+		buf = append(buf, b...)
 	}
 	field(keyVersion)
-	field(strconv.Itoa(len(es)))
+	fieldBytes(strconv.AppendInt(num[:0], int64(len(es)), 10))
 	for _, e := range es {
 		field(e.path)
-		field(string(e.typ))
-		field(strconv.FormatInt(e.mode, 8))
-		field(strconv.Itoa(e.uid))
-		field(strconv.Itoa(e.gid))
-		field(string(e.sum))
+		if e.typ < utf8.RuneSelf {
+			buf = append(buf, 1, e.typ) // field(string(rune(e.typ))) without the string
+		} else {
+			field(string(rune(e.typ)))
+		}
+		fieldBytes(strconv.AppendInt(num[:0], e.mode, 8))
+		fieldBytes(strconv.AppendInt(num[:0], int64(e.uid), 10))
+		fieldBytes(strconv.AppendInt(num[:0], int64(e.gid), 10))
+		if e.kind == srcContext {
+			buf = append(buf, byte(len(digestPrefix)+hex.EncodedLen(sha256.Size)))
+			buf = append(buf, digestPrefix...)
+			buf = hex.AppendEncode(buf, e.raw[:])
+		} else {
+			field(string(e.sum))
+		}
 		field(e.link)
+		if len(buf) >= 32<<10 {
+			h.Write(buf)
+			buf = buf[:0]
+		}
 	}
+	h.Write(buf)
 	return digest.NewDigest(digest.SHA256, h)
+}
+
+// digestPrefix starts a sha256 digest's string form.
+const digestPrefix = "sha256:"
+
+// digest is the entry's content digest ("" for what has no content).
+func (e *entry) digest() digest.Digest {
+	if e.kind == srcContext {
+		return digest.Digest(digestPrefix + hex.EncodeToString(e.raw[:]))
+	}
+	return e.sum
 }
 
 func rel(abs string) string { return strings.TrimPrefix(path.Clean("/"+abs), "/") }
@@ -473,35 +555,6 @@ func prefixOf(dir string) string {
 		return ""
 	}
 	return dir + "/"
-}
-
-// under lists the context entries strictly inside dir ("" = the root).
-func under(c *buildctx.Context, dir string) []*buildctx.File {
-	files := c.Files()
-	if dir == "" {
-		return files
-	}
-	pre := dir + "/"
-	i, _ := slices.BinarySearchFunc(files, pre, func(f *buildctx.File, t string) int { return strings.Compare(f.Path, t) })
-	j := i
-	for j < len(files) && strings.HasPrefix(files[j].Path, pre) {
-		j++
-	}
-	return files[i:j]
-}
-
-// ancestors lists p's parent directories from the top; with self, p too.
-func ancestors(p string, self bool) []string {
-	var out []string
-	for i := 0; i < len(p); i++ {
-		if p[i] == '/' {
-			out = append(out, p[:i])
-		}
-	}
-	if self && p != "" {
-		out = append(out, p)
-	}
-	return out
 }
 
 // statter memoizes DestInfo; nil info means absent.
@@ -601,7 +654,7 @@ func (p *Planned) Inputs() map[string]string {
 		if e.kind == srcContext && e.file != nil {
 			name = e.file.Path
 		}
-		m[name] = fmt.Sprintf("%c %o %d:%d %s %s", e.typ, e.mode, e.uid, e.gid, e.sum, e.link)
+		m[name] = fmt.Sprintf("%c %o %d:%d %s %s", e.typ, e.mode, e.uid, e.gid, e.digest(), e.link)
 	}
 	return m
 }

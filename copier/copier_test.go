@@ -4,6 +4,8 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"io/fs"
@@ -13,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -147,6 +150,8 @@ func TestCopy(t *testing.T) {
 			[]string{`app/app.py 0 644 0:0 "" "print('hi')\n"`, `app/req.txt 0 644 0:0 "" "flask\n"`}},
 		{"glob", Request{Sources: []string{"a?.txt"}, Dest: "/d", DestInfo: image()},
 			[]string{`d/ 5 755 0:0 "" ""`, `d/a1.txt 0 644 0:0 "" "1"`, `d/a2.txt 0 644 0:0 "" "2"`}},
+		{"a source named twice lands once", Request{Sources: []string{"a1.txt", "a?.txt", "src/sub/b.go"}, Dest: "/d/", DestInfo: image()},
+			[]string{`d/ 5 755 0:0 "" ""`, `d/a1.txt 0 644 0:0 "" "1"`, `d/a2.txt 0 644 0:0 "" "2"`, `d/b.go 0 644 0:0 "" "package b\n"`}},
 		{"glob in a subdir", Request{Sources: []string{"src/*.go"}, Dest: "/", DestInfo: image()},
 			[]string{`a.go 0 644 0:0 "" "package a\n"`, `hard.go 1 644 0:0 "a.go" ""`}},
 		{"chown and chmod", Request{Sources: []string{"src/sub"}, Dest: "/x/y/", Chown: &Owner{1000, 1001}, Chmod: ptr(fs.FileMode(0o700)), DestInfo: image()},
@@ -364,5 +369,53 @@ func TestAddURL(t *testing.T) {
 	req.Checksum, req.Sources = "", []string{srv.URL + "/missing"}
 	if _, err := Plan(context.Background(), c, req); err == nil || !strings.Contains(err.Error(), "404") {
 		t.Errorf("404: %v", err)
+	}
+}
+
+// referenceKey is the key encoding written plainly (one field at a time,
+// digests as strings): computeKey must match it byte for byte, or every
+// cached COPY would miss after an upgrade.
+func referenceKey(es []*entry) digest.Digest {
+	h := sha256.New()
+	field := func(s string) {
+		h.Write(binary.AppendUvarint(nil, uint64(len(s))))
+		io.WriteString(h, s)
+	}
+	field(keyVersion)
+	field(strconv.Itoa(len(es)))
+	for _, e := range es {
+		field(e.path)
+		field(string(rune(e.typ)))
+		field(strconv.FormatInt(e.mode, 8))
+		field(strconv.Itoa(e.uid))
+		field(strconv.Itoa(e.gid))
+		field(string(e.digest()))
+		field(e.link)
+	}
+	return digest.NewDigest(digest.SHA256, h)
+}
+
+func TestKeyEncoding(t *testing.T) {
+	var es []*entry
+	for i := range 3000 { // past one flush of computeKey's buffer
+		e := &entry{path: fmt.Sprintf("app/d%d/f%d", i%7, i), typ: tar.TypeReg, mode: int64(i % 0o7777), uid: i, gid: -i}
+		switch i % 5 {
+		case 0:
+			e.kind, e.raw = srcContext, sha256.Sum256([]byte(e.path))
+		case 1:
+			e.kind, e.sum = srcData, digest.FromString(e.path)
+		case 2:
+			e.typ, e.link = tar.TypeSymlink, strings.Repeat("x/", i%300)
+		case 3:
+			e.typ, e.link = tar.TypeLink, "app/d0/f0"
+		case 4:
+			e.typ = tar.TypeDir
+		}
+		es = append(es, e)
+	}
+	for _, n := range []int{0, 1, 5, len(es)} {
+		if got, want := computeKey(es[:n]), referenceKey(es[:n]); got != want {
+			t.Errorf("%d entries: key %s, reference %s", n, got, want)
+		}
 	}
 }
