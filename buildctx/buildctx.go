@@ -486,23 +486,20 @@ func fileFromStat(p string, st *unix.Stat_t, link string) *File {
 	return f
 }
 
-// fillFromStat sets f's fields (all but state) from st.
+// fillFromStat sets f's fields (all but state) from st. f must be zero:
+// fields are set one by one, as a whole-struct store costs write barriers
+// while the GC runs.
 func fillFromStat(f *File, p string, st *unix.Stat_t, link string) {
-	*f = File{
-		Path:    p,
-		Mode:    modeFromStat(st.Mode),
-		UID:     int(st.Uid),
-		GID:     int(st.Gid),
-		Size:    st.Size,
-		Link:    link,
-		Ino:     st.Ino,
-		Dev:     st.Dev,
-		Nlink:   uint64(st.Nlink),
-		ModTime: time.Unix(st.Mtim.Sec, st.Mtim.Nsec),
-		mtimeNs: st.Mtim.Nano(),
-		ctimeNs: st.Ctim.Nano(),
-		rawMode: st.Mode,
+	f.Path = p
+	f.Mode = modeFromStat(st.Mode)
+	f.UID, f.GID = int(st.Uid), int(st.Gid)
+	f.Size = st.Size
+	if link != "" {
+		f.Link = link
 	}
+	f.Ino, f.Dev, f.Nlink = st.Ino, st.Dev, uint64(st.Nlink)
+	f.ModTime = time.Unix(st.Mtim.Sec, st.Mtim.Nsec)
+	f.mtimeNs, f.ctimeNs, f.rawMode = st.Mtim.Nano(), st.Ctim.Nano(), st.Mode
 }
 
 func modeFromStat(m uint32) fs.FileMode {
