@@ -253,15 +253,10 @@ func (p *Planned) plan(ctx context.Context, req Request) error {
 			// paths only gain a common prefix
 			files := p.c.Under(it.dir)
 			slab := make([]entry, len(files))
-			base := strings.TrimPrefix(dest, "/")
 			skip := len(prefixOf(it.dir))
+			dsts := destPaths(files, skip, strings.TrimPrefix(dest, "/"))
 			for i, f := range files {
-				e := &slab[i]
-				dst := f.Path[skip:]
-				if base != "" {
-					dst = base + "/" + dst
-				}
-				if contextEntry(e, f, dst, req) {
+				if e := &slab[i]; contextEntry(e, f, dsts[i], req) {
 					put(e)
 				}
 			}
@@ -406,10 +401,7 @@ func comparePaths(a, b string) int { return buildctx.ComparePaths(a, b) }
 // (a context inode, or an archive's hard-link target) into one regular file
 // — the first in order — and hard links to it.
 func linkHardLinks(es []*entry) error {
-	byPath := map[string]*entry{}
-	for _, e := range es {
-		byPath[e.path] = e
-	}
+	var byPath map[string]*entry // for archive hard links only
 	type ident struct {
 		dev, ino uint64
 		arch     *archiveSrc
@@ -424,6 +416,12 @@ func linkHardLinks(es []*entry) error {
 		case e.kind == srcArchive && e.typ == tar.TypeReg:
 			id = ident{arch: e.arch, member: e.member}
 		case e.typ == tar.TypeLink && e.arch != nil:
+			if byPath == nil {
+				byPath = make(map[string]*entry, len(es))
+				for _, e := range es {
+					byPath[e.path] = e
+				}
+			}
 			t := byPath[e.link]
 			for n := 0; t != nil && t.typ == tar.TypeLink && n < 64; n++ {
 				t = byPath[t.link]
@@ -449,12 +447,43 @@ func linkHardLinks(es []*entry) error {
 	return nil
 }
 
-// contextEntry fills e with how a context file lands at dst: owner is
-// the --chown owner, the file's own with KeepOwner, else root (context
-// ownership is not kept, as docker). It reports false for what is not
-// copied: sockets, fifos, devices.
+// destPaths maps each file's path, less its first skip bytes, under base
+// ("" = the root), building every result in one string.
+func destPaths(files []*buildctx.File, skip int, base string) []string {
+	out := make([]string, len(files))
+	if base == "" {
+		for i, f := range files {
+			out[i] = f.Path[skip:]
+		}
+		return out
+	}
+	size := 0
+	for _, f := range files {
+		size += len(base) + 1 + len(f.Path) - skip
+	}
+	buf := make([]byte, 0, size)
+	ends := make([]int, len(files))
+	for i, f := range files {
+		buf = append(buf, base...)
+		buf = append(buf, '/')
+		buf = append(buf, f.Path[skip:]...)
+		ends[i] = len(buf)
+	}
+	all := string(buf)
+	start := 0
+	for i, end := range ends {
+		out[i], start = all[start:end], end
+	}
+	return out
+}
+
+// contextEntry fills e, which must be zero, with how a context file lands
+// at dst: owner is the --chown owner, the file's own with KeepOwner, else
+// root (context ownership is not kept, as docker). It reports false for
+// what is not copied: sockets, fifos, devices. (Fields are set one by one:
+// a whole-struct store costs write barriers while the GC runs.)
 func contextEntry(e *entry, f *buildctx.File, dst string, req Request) bool {
-	*e = entry{path: dst, mode: tarMode(f.Mode), mtime: f.ModTime, file: f}
+	e.path, e.mode, e.mtime, e.file = dst, tarMode(f.Mode), f.ModTime, f
 	switch {
 	case req.Chown != nil:
 		e.uid, e.gid = req.Chown.UID, req.Chown.GID
