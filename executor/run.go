@@ -157,7 +157,7 @@ func (s *stepExec) executeRun(ctx context.Context, c *instructions.RunCommand, m
 		return nil, err
 	}
 	entries := 0
-	l, err := s.writeLayer(func(w *layer.Writer) error {
+	l, err := s.writeLayer(ctx, func(w *layer.Writer) error {
 		err := snap.Diff(w)
 		entries = w.Entries()
 		return err

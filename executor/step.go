@@ -326,7 +326,7 @@ func (s *stepExec) prepareWorkdir(ctx context.Context, c *instructions.WorkdirCo
 		if len(missing) == 0 {
 			return &cache.Record{Config: next, History: s.history(true, "")}, nil
 		}
-		l, err := s.writeLayer(func(w *layer.Writer) error {
+		l, err := s.writeLayer(ctx, func(w *layer.Writer) error {
 			for _, d := range missing {
 				hdr := &tar.Header{Typeflag: tar.TypeDir, Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o755, ModTime: s.layerTime()}
 				if err := w.Add(hdr, nil); err != nil {
@@ -438,7 +438,7 @@ func (s *stepExec) prepareCopy(ctx context.Context, sd instructions.SourcesAndDe
 	s.inputs = []digest.Digest{plan.Key()}
 	s.inputNames = plan.Inputs
 	s.execute = func(ctx context.Context) (*cache.Record, error) {
-		l, err := s.writeLayer(plan.Write)
+		l, err := s.writeLayer(ctx, plan.Write)
 		if err != nil {
 			return nil, err
 		}
@@ -449,13 +449,20 @@ func (s *stepExec) prepareCopy(ctx context.Context, sd instructions.SourcesAndDe
 
 // writeLayer writes a layer into the store: the blob is committed, whole
 // and verified, before any record names it.
-func (s *stepExec) writeLayer(fill func(*layer.Writer) error) (*cache.Layer, error) {
+func (s *stepExec) writeLayer(ctx context.Context, fill func(*layer.Writer) error) (*cache.Layer, error) {
 	bw, err := s.b.opts.Store.NewBlobWriter()
 	if err != nil {
 		return nil, err
 	}
 	defer bw.Abort()
-	w := layer.NewWriter(bw, layer.Options{Epoch: s.b.opts.Epoch})
+	// Extract the layer as it is written: the next step needs it as a
+	// lower dir, and reading the blob back would mean decompressing it.
+	ingest, err := s.b.opts.Snapshots.NewIngest(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer ingest.Abort()
+	w := layer.NewWriter(bw, layer.Options{Epoch: s.b.opts.Epoch, Tee: ingest})
 	if err := fill(w); err != nil {
 		return nil, err
 	}
@@ -465,6 +472,10 @@ func (s *stepExec) writeLayer(fill func(*layer.Writer) error) (*cache.Layer, err
 	}
 	if err := bw.Commit(desc.Digest); err != nil {
 		return nil, err
+	}
+	if err := ingest.Commit(ctx, desc.DiffID); err != nil {
+		// Only an optimization: the layer is extracted from its blob when needed.
+		s.b.opts.Progress(Event{Kind: KindWarning, Line: err.Error()})
 	}
 	return &cache.Layer{Digest: desc.Digest, DiffID: desc.DiffID, Size: desc.Size, MediaType: layer.MediaType}, nil
 }

@@ -31,6 +31,9 @@ type Options struct {
 	// Epoch, when non-nil, clamps every mtime to at most this time
 	// (SOURCE_DATE_EPOCH).
 	Epoch *time.Time
+	// Tee, when non-nil, also receives the uncompressed tar stream, e.g.
+	// to extract the layer while it is written.
+	Tee io.Writer
 }
 
 // Descriptor identifies a finished layer.
@@ -57,12 +60,16 @@ func NewWriter(w io.Writer, opts Options) *Writer {
 	out := &countingHash{w: w, h: sha256.New()}
 	gz, _ := gzip.NewWriterLevel(out, compressionLevel) // the level is valid
 	diff := sha256.New()
+	sinks := []io.Writer{gz, diff}
+	if opts.Tee != nil {
+		sinks = append(sinks, opts.Tee)
+	}
 	return &Writer{
 		opts: opts,
 		out:  out,
 		gz:   gz,
 		diff: diff,
-		tw:   tar.NewWriter(io.MultiWriter(gz, diff)),
+		tw:   tar.NewWriter(io.MultiWriter(sinks...)),
 	}
 }
 

@@ -1,0 +1,107 @@
+package layer
+
+import (
+	"archive/tar"
+	"bytes"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/opencontainers/go-digest"
+)
+
+func write(t *testing.T, opts Options, mtime time.Time, uname string) (Descriptor, []byte) {
+	t.Helper()
+	var out bytes.Buffer
+	w := NewWriter(&out, opts)
+	entries := []struct {
+		hdr  tar.Header
+		body string
+	}{
+		{tar.Header{Name: "app/", Typeflag: tar.TypeDir, Mode: 0o755}, ""},
+		{tar.Header{Name: "app/app.py", Typeflag: tar.TypeReg, Mode: 0o644, Size: 6, Uid: 1000}, "print\n"},
+		{tar.Header{Name: "app/l", Typeflag: tar.TypeSymlink, Linkname: "app.py", Size: 99}, ""},
+	}
+	for _, e := range entries {
+		h := e.hdr
+		h.ModTime, h.AccessTime, h.ChangeTime, h.Uname = mtime, mtime, mtime, uname
+		if err := w.Add(&h, strings.NewReader(e.body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, err := w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Entries() != len(entries) {
+		t.Errorf("Entries() = %d", w.Entries())
+	}
+	return d, out.Bytes()
+}
+
+func TestLayersAreDeterministic(t *testing.T) {
+	t1 := time.Date(2026, 1, 2, 3, 4, 5, 600, time.UTC)
+	t2 := t1.Add(48 * time.Hour)
+	epoch := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+
+	a, blobA := write(t, Options{}, t1, "alice")
+	b, _ := write(t, Options{}, t1, "bob")
+	if a != b {
+		t.Errorf("user names changed the layer: %v vs %v", a, b)
+	}
+	c, _ := write(t, Options{}, t2, "alice")
+	if a == c {
+		t.Error("without an epoch, mtimes are content: different mtimes must differ")
+	}
+	e1, _ := write(t, Options{Epoch: &epoch}, t1, "x")
+	e2, _ := write(t, Options{Epoch: &epoch}, t2, "y")
+	if e1 != e2 {
+		t.Errorf("mtimes after the epoch were not clamped: %v vs %v", e1, e2)
+	}
+
+	if got := digest.FromBytes(blobA); got != a.Digest || int64(len(blobA)) != a.Size {
+		t.Errorf("descriptor %v does not match the blob (%s, %d bytes)", a, got, len(blobA))
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(blobA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(zr)
+	if digest.FromBytes(raw) != a.DiffID {
+		t.Errorf("diffID %s is not the digest of the uncompressed tar", a.DiffID)
+	}
+	tr := tar.NewReader(bytes.NewReader(raw))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Uname != "" || !h.AccessTime.IsZero() || !h.ChangeTime.IsZero() || h.ModTime.Nanosecond() != 0 {
+			t.Errorf("%s: header not normalized: %+v", h.Name, h)
+		}
+		if h.Typeflag == tar.TypeSymlink && h.Size != 0 {
+			t.Errorf("%s: symlink with a size", h.Name)
+		}
+	}
+}
+
+func TestTeeGetsTheUncompressedStream(t *testing.T) {
+	var tee bytes.Buffer
+	d, _ := write(t, Options{Tee: &tee}, time.Unix(0, 0), "")
+	if digest.FromBytes(tee.Bytes()) != d.DiffID {
+		t.Error("the tee did not receive exactly the uncompressed tar")
+	}
+}
+
+func TestShortBodyIsAnError(t *testing.T) {
+	w := NewWriter(io.Discard, Options{})
+	err := w.Add(&tar.Header{Name: "f", Typeflag: tar.TypeReg, Size: 10}, strings.NewReader("short"))
+	if err == nil {
+		t.Error("a body shorter than its header's size was accepted")
+	}
+}

@@ -1,0 +1,127 @@
+package snapshot
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Ingest extracts a layer while it is being written: the layer writer
+// tees its uncompressed tar stream here, so the layer a step just made is
+// ready as a lower dir for the next step without reading its blob back
+// and decompressing it. Extraction goes through the same safe path as
+// Extract, so the result is the same as extracting the blob later.
+//
+// Extraction is an optimization: when it fails, Write keeps accepting
+// (and dropping) bytes so the layer itself still gets written, and Commit
+// reports the failure; the layer is then extracted from its blob when
+// first needed.
+type Ingest struct {
+	sn   *Snapshotter
+	pw   *io.PipeWriter
+	root string
+	done chan error
+
+	mu       sync.Mutex
+	writeErr error // the first failed write: extraction stopped early
+
+	waitOnce    sync.Once
+	waitErr     error
+	releaseOnce sync.Once
+	release     func() error
+}
+
+// NewIngest starts extracting a tar stream into a temp dir.
+func (sn *Snapshotter) NewIngest(ctx context.Context) (*Ingest, error) {
+	tmp, release, err := sn.tempDir("i")
+	if err != nil {
+		return nil, err
+	}
+	root := filepath.Join(tmp, "l")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		release()
+		return nil, fmt.Errorf("ingest layer: %w", err)
+	}
+	pr, pw := io.Pipe()
+	in := &Ingest{sn: sn, pw: pw, root: root, release: release, done: make(chan error, 1)}
+	go func() {
+		err := extractTar(ctx, tar.NewReader(pr), root)
+		if err == nil {
+			_, err = io.Copy(io.Discard, pr) // the tar's trailing padding
+		}
+		pr.CloseWithError(err) // unblock the writer if extraction stopped early
+		in.done <- err
+	}()
+	return in, nil
+}
+
+// Write feeds the uncompressed tar stream. It never fails: a broken
+// extraction only costs the optimization.
+func (in *Ingest) Write(p []byte) (int, error) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.writeErr == nil {
+		if _, err := in.pw.Write(p); err != nil {
+			in.writeErr = err
+		}
+	}
+	return len(p), nil
+}
+
+// wait ends the stream (with cause, nil for a normal end) and waits for
+// the extractor, once.
+func (in *Ingest) wait(cause error) error {
+	in.waitOnce.Do(func() {
+		in.pw.CloseWithError(cause)
+		in.waitErr = <-in.done
+		if in.waitErr == nil && in.writeErr != nil {
+			in.waitErr = in.writeErr
+		}
+	})
+	return in.waitErr
+}
+
+func (in *Ingest) cleanup() { in.releaseOnce.Do(func() { in.release() }) }
+
+// Commit finishes the extraction and makes it the extracted dir of the
+// layer with this diffID, unless that dir exists already.
+func (in *Ingest) Commit(ctx context.Context, diffID digest.Digest) error {
+	defer in.cleanup()
+	if err := in.wait(nil); err != nil {
+		return fmt.Errorf("ingest layer %s: %w", diffID, err)
+	}
+	id, err := Layer{DiffID: diffID}.id()
+	if err != nil {
+		return err
+	}
+	dst := filepath.Join(in.sn.layersDir, id)
+	unlock, err := lockPath(ctx, dst+".lock")
+	if err != nil {
+		return fmt.Errorf("ingest layer %s: lock: %w", diffID, err)
+	}
+	defer unlock()
+	if _, err := os.Lstat(dst); err == nil {
+		return nil
+	}
+	if err := os.Rename(in.root, dst); err != nil {
+		if _, statErr := os.Lstat(dst); statErr == nil {
+			return nil
+		}
+		return fmt.Errorf("ingest layer %s: %w", diffID, err)
+	}
+	return nil
+}
+
+// Abort stops the extraction and removes what it wrote; after Commit it
+// does nothing.
+func (in *Ingest) Abort() {
+	in.wait(errors.New("ingest aborted"))
+	in.cleanup()
+}
