@@ -15,6 +15,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/minibuild/minibuild/buildctx"
@@ -274,6 +275,11 @@ type stageRun struct {
 	state  *imageState
 	scope  *parser.Scope
 	missed bool
+	// needsRootfs[k] tells whether anything after step k+2 reads the
+	// rootfs as files (a RUN, a COPY's destination check, a stage built
+	// on or copied from this one): only then is a new layer extracted as
+	// it is written.
+	needsRootfs []bool
 }
 
 // prefix names the stage in errors of a multi-stage build.
@@ -337,6 +343,15 @@ func (b *builder) buildStage(ctx context.Context, i int) (*stageResult, error) {
 	run.report(Event{Step: 1, Instruction: fromText, Status: fromStatus, Key: string(key), Duration: time.Since(start)})
 	b.count(fromStatus == StatusCached)
 
+	run.needsRootfs = make([]bool, len(steps))
+	later := b.graph.hasDependents(i)
+	for k := len(steps) - 1; k >= 0; k-- {
+		run.needsRootfs[k] = later
+		switch steps[k].Cmd.(type) {
+		case *instructions.RunCommand, *instructions.CopyCommand, *instructions.AddCommand, *instructions.WorkdirCommand:
+			later = true
+		}
+	}
 	for n, step := range steps {
 		sx := &stepExec{b: b, run: run, step: step, n: n + 2, file: file}
 		next, err := sx.exec(ctx, key)

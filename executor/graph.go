@@ -129,3 +129,15 @@ func (g *graph) needed(target int) []int {
 	}
 	return out
 }
+
+// hasDependents tells whether another stage builds on or reads stage i.
+func (g *graph) hasDependents(i int) bool {
+	for _, deps := range g.deps {
+		for _, d := range deps {
+			if d == i {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/minibuild/minibuild/copier"
 	"github.com/minibuild/minibuild/layer"
 	"github.com/minibuild/minibuild/parser"
+	"github.com/minibuild/minibuild/snapshot"
 )
 
 // stepExec is one instruction of a stage being keyed, looked up and, on a
@@ -455,14 +456,18 @@ func (s *stepExec) writeLayer(ctx context.Context, fill func(*layer.Writer) erro
 		return nil, err
 	}
 	defer bw.Abort()
-	// Extract the layer as it is written: the next step needs it as a
-	// lower dir, and reading the blob back would mean decompressing it.
-	ingest, err := s.b.opts.Snapshots.NewIngest(ctx)
-	if err != nil {
-		return nil, err
+	opts := layer.Options{Epoch: s.b.opts.Epoch}
+	var ingest *snapshot.Ingest
+	if s.run.needsRootfs[s.n-2] {
+		// Extract the layer as it is written: a later step needs it as a
+		// lower dir, and reading the blob back means decompressing it.
+		if ingest, err = s.b.opts.Snapshots.NewIngest(ctx); err != nil {
+			return nil, err
+		}
+		defer ingest.Abort()
+		opts.Tee = ingest
 	}
-	defer ingest.Abort()
-	w := layer.NewWriter(bw, layer.Options{Epoch: s.b.opts.Epoch, Tee: ingest})
+	w := layer.NewWriter(bw, opts)
 	if err := fill(w); err != nil {
 		return nil, err
 	}
@@ -473,9 +478,11 @@ func (s *stepExec) writeLayer(ctx context.Context, fill func(*layer.Writer) erro
 	if err := bw.Commit(desc.Digest); err != nil {
 		return nil, err
 	}
-	if err := ingest.Commit(ctx, desc.DiffID); err != nil {
-		// Only an optimization: the layer is extracted from its blob when needed.
-		s.b.opts.Progress(Event{Kind: KindWarning, Line: err.Error()})
+	if ingest != nil {
+		if err := ingest.Commit(ctx, desc.DiffID); err != nil {
+			// Only an optimization: the layer is extracted from its blob when needed.
+			s.b.opts.Progress(Event{Kind: KindWarning, Line: err.Error()})
+		}
 	}
 	return &cache.Layer{Digest: desc.Digest, DiffID: desc.DiffID, Size: desc.Size, MediaType: layer.MediaType}, nil
 }
