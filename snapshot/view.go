@@ -105,7 +105,10 @@ func mergeLayers(ctx context.Context, c chain, root string) error {
 					}
 					return nil // merge into the upper dir
 				}
-				return skip(d) // an upper layer's entry wins
+				// An upper layer's entry wins; this one, not a dir under
+				// a dir, still hides the layers below, as in overlay.
+				hideNext = append(hideNext, rel)
+				return skip(d)
 			}
 			if d.IsDir() {
 				if isOpaque(p) {
