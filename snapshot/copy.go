@@ -364,6 +364,9 @@ func (d *differ) copyEntry(rel string, fresh bool) error {
 	if err != nil {
 		return err
 	}
+	if fi.Mode()&fs.ModeSocket != 0 {
+		return nil // as in overlay's Diff: sockets are not part of a layer
+	}
 	cur, err := statx(hostPath)
 	if err != nil {
 		return err

@@ -77,6 +77,9 @@ func (d *differ) entry(rel string) error {
 	if err != nil {
 		return err
 	}
+	if fi.Mode()&fs.ModeSocket != 0 {
+		return nil // a daemon's leftover; not part of a layer (as in docker)
+	}
 	st := fi.Sys().(*syscall.Stat_t)
 	if isWhiteout(fi) {
 		dir, base := path.Split(rel)
