@@ -310,6 +310,7 @@ func (b *builder) buildStage(ctx context.Context, i int) (*stageResult, error) {
 	if dep, isStage := b.graph.stageRef(b.df, i, base); isStage {
 		sr := b.stage(dep)
 		run.state, run.scope, key = sr.state.clone(), sr.scope.Clone(), sr.key
+		run.state.config.Config.OnBuild = nil // a stage's triggers do not carry over (BuildKit)
 	} else if base == "scratch" {
 		run.state, key = scratchState(), cache.BaseKey("scratch")
 	} else {

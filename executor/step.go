@@ -136,6 +136,10 @@ func (s *stepExec) applyRecord(rec *cache.Record) {
 	if r.History.Author != "" {
 		s.run.state.config.Author = r.History.Author
 	}
+	if _, ok := s.cmd.(*instructions.CmdCommand); ok {
+		// Also on a hit: a later ENTRYPOINT that executes must keep this CMD.
+		s.run.state.cmdSet = true
+	}
 	s.run.state.apply(&r)
 }
 
@@ -237,7 +241,6 @@ func (s *stepExec) applyMetadata(cfg *v1.Config, cmd instructions.Command) (auth
 		}
 	case *instructions.CmdCommand:
 		cfg.Cmd = s.withShell(cfg, c.ShellDependantCmdLine)
-		s.run.state.cmdSet = true
 	case *instructions.EntrypointCommand:
 		cfg.Entrypoint = s.withShell(cfg, c.ShellDependantCmdLine)
 		if !s.run.state.cmdSet {
@@ -327,9 +330,17 @@ func (s *stepExec) prepareWorkdir(ctx context.Context, c *instructions.WorkdirCo
 		if len(missing) == 0 {
 			return &cache.Record{Config: next, History: s.history(true, "")}, nil
 		}
+		// As BuildKit, the dirs belong to the USER in effect.
+		var owner identity
+		if cfg.User != "" {
+			if owner, err = resolveUser(imageFiles(ctx, s.b.opts.Snapshots, s.run.state.snapshotLayers()), cfg.User); err != nil {
+				return nil, err
+			}
+		}
 		l, err := s.writeLayer(ctx, func(w *layer.Writer) error {
 			for _, d := range missing {
-				hdr := &tar.Header{Typeflag: tar.TypeDir, Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o755, ModTime: s.layerTime()}
+				hdr := &tar.Header{Typeflag: tar.TypeDir, Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o755, ModTime: s.layerTime(),
+					Uid: int(owner.UID), Gid: int(owner.GID)}
 				if err := w.Add(hdr, nil); err != nil {
 					return err
 				}

@@ -1,0 +1,74 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// A CMD reused from the cache still counts as set in the stage: an
+// ENTRYPOINT that executes after a later miss keeps it (docker resets
+// only an inherited CMD).
+func TestEntrypointKeepsCachedCmd(t *testing.T) {
+	e := newEnv(t)
+	df := `FROM busybox
+CMD ["serve"]
+RUN echo %s > /v
+ENTRYPOINT ["/bin/app"]
+`
+	ctx := project(t, fmt.Sprintf(df, "one"), nil)
+	e.build(ctx, nil, "-t", "ep:1")
+	if err := os.WriteFile(filepath.Join(ctx, "Dockerfile"), []byte(fmt.Sprintf(df, "two")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b := e.build(ctx, nil, "-t", "ep:2")
+	if s := b.steps[b.find(t, "CMD")]; s.Status != "cached" {
+		t.Fatalf("CMD should be reused:%s", b.describe())
+	}
+	for _, tag := range []string{"ep:1", "ep:2"} {
+		cfg := imageConfig(t, decodeJSON(t, "inspect "+tag, e.ok("inspect", tag).stdout))
+		if got := fmt.Sprint(strs(field(cfg, "Cmd"))); got != "[serve]" {
+			t.Errorf("%s: Cmd = %s, want [serve]", tag, got)
+		}
+	}
+}
+
+// WORKDIR after USER creates the missing directories owned by that user,
+// as BuildKit does, so that the user can write in its working dir.
+func TestWorkdirOwnedByUser(t *testing.T) {
+	e := newEnv(t)
+	ctx := project(t, `FROM busybox
+USER app
+WORKDIR /home/app/work
+RUN touch made-by-app && stat -c '%u:%g' /home/app/work /home/app > /tmp/owners && cat /tmp/owners
+`, nil)
+	b := e.build(ctx, nil, "-t", "wd:1")
+	if !strings.Contains(b.stderr, "1000:1000") {
+		t.Errorf("WORKDIR dirs not owned by app:\n%s", tail(b.stderr, 20))
+	}
+	out := t.TempDir()
+	e.build(ctx, nil, "-o", "type=local,dest="+out)
+	fi, err := os.Stat(filepath.Join(out, "home/app/work/made-by-app"))
+	if err != nil {
+		t.Fatalf("RUN as app could not write in its WORKDIR: %v", err)
+	}
+	_ = fi
+}
+
+// ONBUILD triggers do not carry over from a stage to a stage built FROM it
+// (BuildKit clears them); only an image's triggers run.
+func TestOnbuildNotInheritedFromStage(t *testing.T) {
+	e := newEnv(t)
+	ctx := project(t, `FROM busybox AS base
+ONBUILD RUN echo trigger
+FROM base
+LABEL x=y
+`, nil)
+	e.build(ctx, nil, "-t", "ob:1")
+	cfg := imageConfig(t, decodeJSON(t, "inspect ob:1", e.ok("inspect", "ob:1").stdout))
+	if got := strs(field(cfg, "OnBuild")); len(got) != 0 {
+		t.Errorf("OnBuild = %q, want none (a stage's triggers do not carry over)", got)
+	}
+}
