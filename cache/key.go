@@ -18,7 +18,7 @@ import (
 
 // keyVersion names the key encoding; change it whenever the encoding or the
 // meaning of a record changes.
-const keyVersion = "minibuild-cache-key/v1"
+const keyVersion = "minibuild-cache-key/v2"
 
 // Key returns the cache key of an instruction from its parent's key, its
 // canonical expanded text and the digests of the inputs it reads (file
