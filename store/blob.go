@@ -110,7 +110,7 @@ func (bw *BlobWriter) Abort() {
 
 // PutBlob stores the content of r under expected (see BlobWriter.Commit).
 func (s *Store) PutBlob(r io.Reader, expected digest.Digest) error {
-	if expected != "" && s.HasBlob(expected) {
+	if expected != "" && s.refreshBlob(expected) {
 		return nil
 	}
 	bw, err := s.NewBlobWriter()
@@ -130,6 +130,22 @@ func (s *Store) HasBlob(d digest.Digest) bool {
 	p, err := s.blobPath(d)
 	if err != nil {
 		return false
+	}
+	_, err = os.Stat(p)
+	return err == nil
+}
+
+// refreshBlob reports whether blob d is present and, if so, renews its
+// mtime, as Commit does for a blob written again: a concurrent GC's grace
+// period then covers the image the caller is about to record with it.
+func (s *Store) refreshBlob(d digest.Digest) bool {
+	p, err := s.blobPath(d)
+	if err != nil {
+		return false
+	}
+	now := time.Now()
+	if os.Chtimes(p, now, now) == nil {
+		return true
 	}
 	_, err = os.Stat(p)
 	return err == nil

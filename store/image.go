@@ -43,7 +43,7 @@ func (s *Store) WriteImage(img v1.Image) (v1.Hash, error) {
 	for _, l := range m.Layers {
 		size += l.Size
 		d := toDigest(l.Digest)
-		if s.HasBlob(d) {
+		if s.refreshBlob(d) {
 			continue
 		}
 		if err := s.writeLayer(img, l); err != nil {
@@ -69,6 +69,9 @@ func (s *Store) WriteImage(img v1.Image) (v1.Hash, error) {
 	}
 	rec := record{Config: toDigest(m.Config.Digest), Created: cfg.Created.Time.UTC(), Size: size}
 	err = s.update(func(st *state) error {
+		if err := s.checkBlobs(md); err != nil {
+			return err
+		}
 		st.Images[md] = rec
 		return nil
 	})
@@ -313,10 +316,38 @@ func (s *Store) Tag(ref string, manifest v1.Hash) error {
 		}
 	}
 	return s.update(func(st *state) error {
-		st.Images[md] = rec
+		if _, ok := st.Images[md]; !ok {
+			// Not recorded (or collected since we looked): record it only
+			// while every blob it names is there; GC holds this lock.
+			if err := s.checkBlobs(md); err != nil {
+				return fmt.Errorf("tag %s: %w", DisplayRef(norm), err)
+			}
+			st.Images[md] = rec
+		}
 		st.Tags[norm] = md
 		return nil
 	})
+}
+
+// checkBlobs reports the first blob of the image with manifest md (the
+// manifest, its config, its layers) that is not in the store. Called
+// under the store lock before a record is written, it keeps images.json
+// from naming a blob a concurrent GC removed.
+func (s *Store) checkBlobs(md digest.Digest) error {
+	raw, err := s.readBlob(md)
+	if err != nil {
+		return err
+	}
+	m, err := v1.ParseManifest(bytes.NewReader(raw))
+	if err != nil {
+		return fmt.Errorf("image %s: parse manifest: %w", md, err)
+	}
+	for _, d := range append([]v1.Descriptor{m.Config}, m.Layers...) {
+		if !s.HasBlob(toDigest(d.Digest)) {
+			return fmt.Errorf("image %s: blob %s: %w", md, d.Digest, ErrNotFound)
+		}
+	}
+	return nil
 }
 
 // recordFromBlobs builds an image record from the manifest and config blobs.

@@ -559,3 +559,123 @@ func TestBlobSources(t *testing.T) {
 		t.Error("hostile digest accepted")
 	}
 }
+
+// The store never names a missing blob, even when a prune (GC) runs in
+// another process while a build is writing and tagging its image: blobs
+// an image reuses get their grace period refreshed, and a record is only
+// written while its blobs are all there.
+func TestGCDuringImageWrite(t *testing.T) {
+	old := time.Now().Add(-48 * time.Hour)
+	age := func(t *testing.T, s *Store, d digest.Digest) {
+		t.Helper()
+		if err := os.Chtimes(s.BlobPath(d), old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name string
+		// run stores img (whose layers are already present and old) and
+		// returns its manifest digest; a prune runs between run and Tag.
+		run func(t *testing.T, s *Store, img v1.Image) v1.Hash
+	}{
+		{"WriteImage reuses an old layer", func(t *testing.T, s *Store, img v1.Image) v1.Hash {
+			md, err := s.WriteImage(img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return md
+		}},
+		{"PutBlob of present blobs", func(t *testing.T, s *Store, img v1.Image) v1.Hash {
+			raw, _ := img.RawManifest()
+			cfg, _ := img.RawConfigFile()
+			cd, _ := img.ConfigName()
+			md, _ := img.Digest()
+			type blob struct {
+				data []byte
+				d    digest.Digest
+			}
+			blobs := []blob{{cfg, toDigest(cd)}, {raw, toDigest(md)}}
+			layers, _ := img.Layers()
+			for _, l := range layers {
+				d, _ := l.Digest()
+				rc, _ := l.Compressed()
+				b, _ := io.ReadAll(rc)
+				rc.Close()
+				blobs = append(blobs, blob{b, toDigest(d)})
+			}
+			for _, b := range blobs {
+				if err := s.PutBlob(bytes.NewReader(b.data), b.d); err != nil {
+					t.Fatal(err)
+				}
+				age(t, s, b.d) // present and old before this put
+				if err := s.PutBlob(bytes.NewReader(b.data), b.d); err != nil {
+					t.Fatal(err)
+				}
+			}
+			return md
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := openStore(t)
+			img, err := random.Image(256, 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			layers, _ := img.Layers()
+			for _, l := range layers {
+				d, _ := l.Digest()
+				rc, _ := l.Compressed()
+				if err := s.PutBlob(rc, toDigest(d)); err != nil {
+					t.Fatal(err)
+				}
+				rc.Close()
+				age(t, s, toDigest(d))
+			}
+			md := tt.run(t, s, img)
+			if _, err := s.GC(nil, time.Hour); err != nil {
+				t.Fatal(err)
+			}
+			// The blobs were in use within the grace period: all kept.
+			if err := s.Tag("app:1", md); err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.Image("app:1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, _ := got.Manifest()
+			for _, l := range m.Layers {
+				if !s.HasBlob(toDigest(l.Digest)) {
+					t.Errorf("tagged image names missing layer %s", l.Digest)
+				}
+			}
+		})
+	}
+}
+
+// Tag records a manifest stored with PutBlob only when its config and
+// layers are all in the store.
+func TestTagRefusesIncompleteImage(t *testing.T) {
+	s := openStore(t)
+	img, err := random.Image(256, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := img.RawManifest()
+	cfg, _ := img.RawConfigFile()
+	cd, _ := img.ConfigName()
+	md, _ := img.Digest()
+	if err := s.PutBlob(bytes.NewReader(cfg), toDigest(cd)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutBlob(bytes.NewReader(raw), toDigest(md)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Tag("half:1", md); err == nil {
+		t.Error("Tag recorded an image whose layer is missing")
+	}
+	if imgs, _ := s.Images(); len(imgs) != 0 {
+		t.Errorf("images.json names %d incomplete images", len(imgs))
+	}
+}
