@@ -30,7 +30,7 @@ func (s *stepExec) prepareRun(ctx context.Context, c *instructions.RunCommand) e
 		return err
 	}
 	args := s.run.scope.Args()
-	s.inputs = []digest.Digest{cache.StringsDigest(args)}
+	s.inputs = []digest.Digest{cache.StringsDigest(argsKey(args, s.run.scope.ExpandEnv()))}
 	mounts, mountInputs, err := s.prepareMounts(ctx, c)
 	if err != nil {
 		return err
@@ -48,6 +48,22 @@ func (s *stepExec) prepareRun(ctx context.Context, c *instructions.RunCommand) e
 	}
 	s.execute = func(ctx context.Context) (*cache.Record, error) { return s.executeRun(ctx, c, mounts, network) }
 	return nil
+}
+
+// argsKey is the visible ARGs as a RUN's key sees them: "K=V" when K is
+// in the environment (even empty), "K" alone when declared but unset —
+// a RUN can tell the two apart, so one must not reuse the other's result.
+func argsKey(args, env []string) []string {
+	out := make([]string, len(args))
+	for i, kv := range args {
+		k, _, _ := strings.Cut(kv, "=")
+		if _, set := lookupEnv(env, k); set {
+			out[i] = kv
+		} else {
+			out[i] = k
+		}
+	}
+	return out
 }
 
 // runNetwork is the network of a RUN: its --network flag, else the

@@ -72,3 +72,23 @@ LABEL x=y
 		t.Errorf("OnBuild = %q, want none (a stage's triggers do not carry over)", got)
 	}
 }
+
+// An ARG given as --build-arg X= (set, empty) and one left unset are
+// different environments for RUN, so they must not share a cache key.
+func TestEmptyBuildArgIsNotUnset(t *testing.T) {
+	e := newEnv(t)
+	ctx := project(t, `FROM busybox
+ARG X
+RUN if [ -n "${X+set}" ]; then echo set; else echo unset; fi > /x
+`, nil)
+	e.build(ctx, nil, "-t", "arg:unset")
+	b := e.build(ctx, nil, "-t", "arg:empty", "--build-arg", "X=")
+	if s := b.steps[b.find(t, "RUN")]; s.Status == "cached" {
+		t.Errorf("RUN with X set to \"\" reused the result of X unset:%s", b.describe())
+	}
+	out := t.TempDir()
+	e.build(ctx, nil, "--build-arg", "X=", "-o", "type=local,dest="+out)
+	if got := strings.TrimSpace(readFile(t, filepath.Join(out, "x"))); got != "set" {
+		t.Errorf("/x = %q, want set", got)
+	}
+}
