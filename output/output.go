@@ -5,7 +5,11 @@ package output
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -86,7 +90,7 @@ func (o Output) Write(ctx context.Context, imgs []archive.Named) error {
 	if err := os.MkdirAll(filepath.Dir(o.Dest), 0o755); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(o.Dest), ".minibuild-out-*")
+	tmp, err := createTemp(filepath.Dir(o.Dest))
 	if err != nil {
 		return err
 	}
@@ -105,6 +109,23 @@ func (o Output) Write(ctx context.Context, imgs []archive.Named) error {
 		return fmt.Errorf("write %s output %s: %w", o.Type, o.Dest, err)
 	}
 	return os.Rename(tmp.Name(), o.Dest)
+}
+
+// createTemp is os.CreateTemp with the mode of a new file (0666 less the
+// umask), not 0600: the temp file is renamed into dest, and docker's
+// output files are readable as any file the user creates.
+func createTemp(dir string) (*os.File, error) {
+	for i := 0; ; i++ {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, err
+		}
+		f, err := os.OpenFile(filepath.Join(dir, ".minibuild-out-"+hex.EncodeToString(b[:])), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o666)
+		if errors.Is(err, fs.ErrExist) && i < 100 {
+			continue
+		}
+		return f, err
+	}
 }
 
 // writeRootfs flattens the image's layers into dir, resolving every path
