@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -88,6 +89,9 @@ func (s *stepExec) runArgs(c *instructions.RunCommand) []string {
 	cfg := &s.run.state.config.Config
 	args := c.CmdLine
 	if len(c.Files) > 0 && len(args) == 1 {
+		if target, data, ok := heredocScript(c); ok {
+			return shebangArgs(data, target)
+		}
 		if parser.MustParseHeredoc(args[0]) != nil {
 			data := c.Files[0].Data
 			if c.Files[0].Chomp {
@@ -111,6 +115,37 @@ func (s *stepExec) runArgs(c *instructions.RunCommand) []string {
 	return append(shellOf(cfg), strings.Join(args, " "))
 }
 
+// heredocScript is a RUN whose command is a single heredoc starting with
+// "#!": BuildKit runs it as a script file at /dev/pipes/NAME, with its own
+// interpreter, instead of passing the text to the shell.
+func heredocScript(c *instructions.RunCommand) (target, data string, ok bool) {
+	if len(c.Files) == 0 || len(c.CmdLine) != 1 || parser.MustParseHeredoc(c.CmdLine[0]) == nil ||
+		!strings.HasPrefix(c.Files[0].Data, "#!") {
+		return "", "", false
+	}
+	data = c.Files[0].Data
+	if c.Files[0].Chomp {
+		data = parser.ChompHeredocContent(data)
+	}
+	return "/dev/pipes/" + path.Base(c.Files[0].Name), data, true
+}
+
+// shebangArgs is the argv the kernel would make of executing script at
+// target: the interpreter, its one optional argument, the script path. The
+// script is mounted noexec, so minibuild does the kernel's part.
+func shebangArgs(script, target string) []string {
+	line, _, _ := strings.Cut(strings.TrimPrefix(script, "#!"), "\n")
+	line = strings.TrimSpace(line)
+	interp, arg := line, ""
+	if i := strings.IndexAny(line, " \t"); i >= 0 {
+		interp, arg = line[:i], strings.TrimSpace(line[i+1:])
+	}
+	if arg == "" {
+		return []string{interp, target}
+	}
+	return []string{interp, arg, target}
+}
+
 func (s *stepExec) executeRun(ctx context.Context, c *instructions.RunCommand, mounts []*runMount, network sandbox.Network) (*cache.Record, error) {
 	opts := s.b.opts
 	cfg := &s.run.state.config.Config
@@ -128,6 +163,9 @@ func (s *stepExec) executeRun(ctx context.Context, c *instructions.RunCommand, m
 	out := &lineWriter{redact: redactor(mounts), emit: func(line string) {
 		opts.Progress(Event{Kind: KindLog, Stage: s.run.name, Step: s.n, Steps: s.run.steps, Line: line})
 	}}
+	if target, data, ok := heredocScript(c); ok {
+		ms.mounts = append(ms.mounts, sandbox.Mount{Target: target, Type: "file", Data: []byte(data), Mode: 0o755})
+	}
 	cwd := cfg.WorkingDir
 	if cwd == "" {
 		cwd = "/"

@@ -20,3 +20,17 @@ func TestArgsKeyTellsUnsetFromEmpty(t *testing.T) {
 		}
 	}
 }
+
+func TestShebangArgs(t *testing.T) {
+	tests := []struct{ script, want string }{
+		{"#!/bin/sh\necho hi\n", "[/bin/sh /dev/pipes/EOF]"},
+		{"#!/bin/sh -e\nfalse\n", "[/bin/sh -e /dev/pipes/EOF]"},
+		{"#!  /usr/bin/env  python3 -u \nprint(1)", "[/usr/bin/env python3 -u /dev/pipes/EOF]"},
+		{"#!/bin/sh", "[/bin/sh /dev/pipes/EOF]"},
+	}
+	for _, tt := range tests {
+		if got := fmt.Sprint(shebangArgs(tt.script, "/dev/pipes/EOF")); got != tt.want {
+			t.Errorf("shebangArgs(%q) = %s, want %s", tt.script, got, tt.want)
+		}
+	}
+}

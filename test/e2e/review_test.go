@@ -121,3 +121,23 @@ func TestOutputFileMode(t *testing.T) {
 		}
 	}
 }
+
+// A RUN heredoc that starts with "#!" runs with its own interpreter, as a
+// script (BuildKit), not as text for /bin/sh -c.
+func TestRunHeredocShebang(t *testing.T) {
+	e := newEnv(t)
+	ctx := project(t, "FROM busybox\nRUN <<EOF\n#!/bin/sh -e\nfalse\necho after > /after\nEOF\n", nil)
+	b := e.buildJSON(ctx, nil)
+	if b.code == 0 {
+		t.Errorf("the script runs with sh -e, so false must fail the build:\n%s", b.result)
+	}
+	ctx = project(t, "FROM busybox\nRUN <<EOF\n#!/bin/sh\necho \"$0\" > /zero\nEOF\n", nil)
+	out := t.TempDir()
+	e.build(ctx, nil, "-o", "type=local,dest="+out)
+	if got := strings.TrimSpace(readFile(t, filepath.Join(out, "zero"))); got != "/dev/pipes/EOF" {
+		t.Errorf("$0 = %q, want /dev/pipes/EOF", got)
+	}
+	if _, err := os.Stat(filepath.Join(out, "dev/pipes")); err == nil {
+		t.Errorf("/dev/pipes leaked into the image")
+	}
+}
