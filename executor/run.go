@@ -31,7 +31,9 @@ func (s *stepExec) prepareRun(ctx context.Context, c *instructions.RunCommand) e
 		return err
 	}
 	args := s.run.scope.Args()
-	s.inputs = []digest.Digest{cache.StringsDigest(argsKey(args, s.run.scope.ExpandEnv()))}
+	// The network mode is part of the key: a step that ran without a
+	// network may well have produced something else.
+	s.inputs = []digest.Digest{cache.StringsDigest(argsKey(args, s.run.scope.ExpandEnv())), digest.FromString("network=" + string(network))}
 	mounts, mountInputs, err := s.prepareMounts(ctx, c)
 	if err != nil {
 		return err
@@ -45,6 +47,7 @@ func (s *stepExec) prepareRun(ctx context.Context, c *instructions.RunCommand) e
 		for k, v := range mountInputs {
 			m[k] = v
 		}
+		m["network"] = string(network)
 		return m
 	}
 	s.execute = func(ctx context.Context) (*cache.Record, error) { return s.executeRun(ctx, c, mounts, network) }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 )
 
 // View returns a directory holding the merged rootfs of a chain, for
@@ -168,4 +170,37 @@ func placeEntry(src, dst string, fi fs.FileInfo) error {
 		return os.Lchown(dst, int(st.Uid), int(st.Gid))
 	}
 	return nil
+}
+
+// PruneViews removes the views not made within grace: they are rebuilt on
+// demand, and a build reads a view only for the moments of one COPY
+// --from, so the grace keeps a view in use from vanishing under it.
+func (sn *Snapshotter) PruneViews(grace time.Duration) (int, error) {
+	viewsDir := filepath.Join(filepath.Dir(sn.layersDir), "views")
+	entries, err := os.ReadDir(viewsDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	removed := 0
+	for _, e := range entries {
+		fi, err := e.Info()
+		if err != nil || time.Since(fi.ModTime()) < grace {
+			continue
+		}
+		tmp, release, err := sn.tempDir("p")
+		if err != nil {
+			return removed, err
+		}
+		// Renamed first, so no build ever sees a half-removed view.
+		if err := os.Rename(filepath.Join(viewsDir, e.Name()), filepath.Join(tmp, "view")); err == nil {
+			removed++
+		}
+		if err := release(); err != nil {
+			return removed, err
+		}
+	}
+	return removed, nil
 }

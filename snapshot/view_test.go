@@ -2,8 +2,11 @@ package snapshot
 
 import (
 	"context"
+	"errors"
+	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/minibuild/minibuild/snapshot/snapshottest"
 )
@@ -71,5 +74,34 @@ func TestViewMatchesMergedChain(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestPruneViewsKeepsRecentOnes(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	var blobs snapshottest.Blobs
+	sn, err := New(t.TempDir(), &blobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := addLayer(t, &blobs, E{Name: "a", Mode: 0o644, Body: "x"})
+	dir, err := sn.View(ctx, []Layer{l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := sn.PruneViews(time.Hour); err != nil || n != 0 {
+		t.Fatalf("a fresh view was pruned: %d, %v", n, err)
+	}
+	old := time.Now().Add(-2 * time.Hour)
+	os.Chtimes(dir, old, old)
+	if n, err := sn.PruneViews(time.Hour); err != nil || n != 1 {
+		t.Fatalf("an old view was not pruned: %d, %v", n, err)
+	}
+	if _, err := os.Lstat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("view still there: %v", err)
+	}
+	if again, err := sn.View(ctx, []Layer{l}); err != nil || again != dir {
+		t.Errorf("view not rebuilt on demand: %q, %v", again, err)
 	}
 }

@@ -92,6 +92,9 @@ func runBuild(ctx context.Context, b *buildOptions, contextDir string) error {
 	if err != nil {
 		return err
 	}
+	if (b.remote.push || hasRegistryOutput(outs)) && len(pushTargets(b.remote.push, b.tags, outs)) == 0 {
+		return fmt.Errorf("nothing to push to: give a -t NAME:TAG or -o type=registry,name=REF")
+	}
 	if fi, err := os.Stat(contextDir); err != nil || !fi.IsDir() {
 		return fmt.Errorf("context %s: not a directory", contextDir)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -22,7 +23,8 @@ func newPruneCommand(g *globalOptions) *cobra.Command {
 		Short: "Remove RUN cache mounts and what killed builds left behind",
 		Long: `prune removes the RUN --mount=type=cache directories that no running build
 holds (all of them, or those named with --id), and the temporary snapshot
-dirs of builds that were killed. Images, layers and the build cache stay.`,
+dirs of builds that were killed, and the read-only views COPY --from made
+more than an hour ago. Images, layers and the build cache stay.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, err := store.Open(g.root)
@@ -47,6 +49,15 @@ dirs of builds that were killed. Images, layers and the build cache stay.`,
 			}
 			if err := sn.Cleanup(); err != nil {
 				return err
+			}
+			if len(o.ids) == 0 {
+				views, err := sn.PruneViews(time.Hour)
+				if err != nil {
+					return err
+				}
+				if views > 0 {
+					fmt.Fprintf(out, "removed %d COPY --from views (rebuilt when needed)\n", views)
+				}
 			}
 			removed, err := sn.PruneCacheMounts(o.ids)
 			var freed int64

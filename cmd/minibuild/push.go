@@ -158,6 +158,16 @@ func importCaches(ctx context.Context, st *store.Store, specs []remote.Spec, opt
 	return out
 }
 
+// hasRegistryOutput tells whether an -o asks for a push.
+func hasRegistryOutput(outs []output.Output) bool {
+	for _, o := range outs {
+		if o.Type == "registry" {
+			return true
+		}
+	}
+	return false
+}
+
 // pushTargets are where the image goes: every tag with --push, and each
 // -o type=registry name (or, without a name, every tag).
 func pushTargets(push bool, tags []string, outs []output.Output) []string {
