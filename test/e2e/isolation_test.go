@@ -216,28 +216,7 @@ RUN --mount=type=cache,target=/cache,sharing=locked --mount=type=secret,id=tok -
 			if sig != syscall.SIGINT {
 				target = cmd.Process.Pid
 			}
-			if err := syscall.Kill(target, sig); err != nil {
-				t.Fatal(err)
-			}
-			done := make(chan error, 1)
-			go func() { done <- cmd.Wait() }()
-			select {
-			case err := <-done:
-				if err == nil {
-					t.Fatalf("the build succeeded after %v", sig)
-				}
-			case <-time.After(20 * time.Second):
-				cmd.Process.Kill()
-				<-done
-				t.Fatalf("the build did not stop within 20s of %v:\n%s", sig, log)
-			}
-			deadline := time.Now().Add(5 * time.Second)
-			for sleeperRunning(marker) && time.Now().Before(deadline) {
-				time.Sleep(50 * time.Millisecond)
-			}
-			if sleeperRunning(marker) {
-				t.Errorf("the step's processes survived %v", sig)
-			}
+			interrupt(t, cmd, target, sig, 20*time.Second, marker, log.String)
 			left := leftovers(t, e.root)
 			for _, l := range left {
 				if sig != syscall.SIGKILL || !strings.HasPrefix(l, "temp ") {

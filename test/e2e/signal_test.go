@@ -80,28 +80,7 @@ func TestSigtermStopsTheBuildCleanly(t *testing.T) {
 			if tc.group {
 				target = -target
 			}
-			if err := syscall.Kill(target, sig); err != nil {
-				t.Fatal(err)
-			}
-			done := make(chan error, 1)
-			go func() { done <- cmd.Wait() }()
-			select {
-			case err := <-done:
-				if err == nil {
-					t.Errorf("the build succeeded after %v", sig)
-				}
-			case <-time.After(15 * time.Second):
-				cmd.Process.Kill()
-				<-done
-				t.Fatalf("the build did not stop within 15s of %v:\n%s", sig, log.String())
-			}
-			deadline := time.Now().Add(5 * time.Second)
-			for sleeperRunning(marker) && time.Now().Before(deadline) {
-				time.Sleep(100 * time.Millisecond)
-			}
-			if sleeperRunning(marker) {
-				t.Errorf("the step's `sleep %s` survived %v", marker, sig)
-			}
+			interrupt(t, cmd, target, sig, 15*time.Second, marker, log.String)
 			// Nothing cached, nothing tagged, and the store is usable.
 			if r := e.run(runOpts{}, "inspect", "sig:1"); r.code == 0 {
 				t.Errorf("an interrupted build tagged sig:1")
@@ -142,4 +121,33 @@ func sleepers(marker string) []int {
 		}
 	}
 	return out
+}
+
+// interrupt sends sig to target (a pid, or a negative process group),
+// requires the build cmd to fail within timeout, and the step's `sleep
+// MARKER` process to be gone soon after.
+func interrupt(t *testing.T, cmd *exec.Cmd, target int, sig syscall.Signal, timeout time.Duration, marker string, log func() string) {
+	t.Helper()
+	if err := syscall.Kill(target, sig); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Errorf("the build succeeded after %v", sig)
+		}
+	case <-time.After(timeout):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("the build did not stop within %v of %v:\n%s", timeout, sig, log())
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for sleeperRunning(marker) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if sleeperRunning(marker) {
+		t.Errorf("the step's `sleep %s` survived %v", marker, sig)
+	}
 }
