@@ -34,6 +34,10 @@ func keptCap(c int) bool {
 func initMain() int {
 	// Capabilities are per thread and the command is forked from this one.
 	runtime.LockOSThread()
+	// Not dumpable: no process of the step may ptrace the init or read its
+	// memory (which holds the spec, secrets included). The command's own
+	// execve makes it dumpable again.
+	unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
 	unix.CloseOnExec(4)
 	status := os.NewFile(4, "status")
 	fail := func(err error) int {

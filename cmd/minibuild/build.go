@@ -255,8 +255,8 @@ func keyValues(list []string, flag string) (map[string]string, error) {
 	}
 	m := map[string]string{}
 	for _, kv := range list {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok || k == "" {
+		k, v, _ := strings.Cut(kv, "=") // "K" alone is K="", as docker
+		if k == "" {
 			return nil, fmt.Errorf("%s %q: want KEY=VALUE", flag, kv)
 		}
 		m[k] = v
