@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -10,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -126,7 +126,15 @@ RUN --network=host `+connect+` > /host.txt
 
 // startBuild starts a build in its own process group and returns once the
 // RUN prints ready (in its output, not its instruction text).
-func startBuild(t *testing.T, e *env, ready string, args ...string) (*exec.Cmd, *bytes.Buffer) {
+func startBuild(t *testing.T, e *env, ready string, args ...string) (*exec.Cmd, *syncLog) {
+	t.Helper()
+	return startBuildUntil(t, e, func(line string) bool { return strings.Contains(line, `"`+ready+`"`) }, args...)
+}
+
+// startBuildUntil starts a --progress=json build in its own process group
+// (as a terminal's ^C would find it) and returns once a line of its
+// stderr satisfies until.
+func startBuildUntil(t *testing.T, e *env, until func(line string) bool, args ...string) (*exec.Cmd, *syncLog) {
 	t.Helper()
 	cmd := exec.Command(the.bin, append([]string{"build", "--root", e.root, "--progress=json"}, args...)...)
 	cmd.Env = cleanEnv()
@@ -138,14 +146,14 @@ func startBuild(t *testing.T, e *env, ready string, args ...string) (*exec.Cmd, 
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	var log bytes.Buffer
+	log := &syncLog{}
 	started := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		once := false
 		for sc.Scan() {
-			log.WriteString(sc.Text() + "\n")
-			if !once && strings.Contains(sc.Text(), `"`+ready+`"`) {
+			log.add(sc.Text())
+			if !once && until(sc.Text()) {
 				once = true
 				close(started)
 			}
@@ -156,9 +164,27 @@ func startBuild(t *testing.T, e *env, ready string, args ...string) (*exec.Cmd, 
 	case <-time.After(60 * time.Second):
 		cmd.Process.Kill()
 		cmd.Wait()
-		t.Fatalf("the RUN never printed %s:\n%s", ready, log.String())
+		t.Fatalf("the RUN never started:\n%s", log.String())
 	}
-	return cmd, &log
+	return cmd, log
+}
+
+// syncLog collects a build's stderr while the test reads it.
+type syncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *syncLog) add(line string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b.WriteString(line + "\n")
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // leftovers lists what a stopped build must not leave: temp dirs of

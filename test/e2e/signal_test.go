@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"bufio"
-	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,42 +32,13 @@ func TestSigtermStopsTheBuildCleanly(t *testing.T) {
 			// The output "go-2" differs from the instruction text, so it is
 			// seen only once the command really runs.
 			ctx := project(t, "FROM busybox\nRUN echo go-$((1+1)); sleep "+marker+"\n", nil)
-			cmd := exec.Command(the.bin, "build", "--root", e.root, "--progress=json", "-t", "sig:1", ctx)
-			cmd.Env = cleanEnv()
-			// Its own process group: Ctrl-C in a terminal signals the whole group.
-			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-			stderr, err := cmd.StderrPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
 			t.Cleanup(func() { killSleepers(marker) })
-			var log bytes.Buffer
-			running := make(chan struct{})
-			go func() {
-				sc := bufio.NewScanner(stderr)
-				once := false
-				for sc.Scan() {
-					log.WriteString(sc.Text() + "\n")
-					started := strings.Contains(sc.Text(), "go-2") && !strings.Contains(sc.Text(), "RUN echo")
-					if tc.early {
-						started = strings.Contains(sc.Text(), `"status":"running"`) && strings.Contains(sc.Text(), "sleep "+marker)
-					}
-					if !once && started {
-						once = true
-						close(running)
-					}
+			cmd, log := startBuildUntil(t, e, func(line string) bool {
+				if tc.early {
+					return strings.Contains(line, `"status":"running"`) && strings.Contains(line, "sleep "+marker)
 				}
-			}()
-			select {
-			case <-running:
-			case <-time.After(30 * time.Second):
-				cmd.Process.Kill()
-				cmd.Wait()
-				t.Fatalf("the RUN never started:\n%s", log.String())
-			}
+				return strings.Contains(line, "go-2") && !strings.Contains(line, "RUN echo")
+			}, "-t", "sig:1", ctx)
 			if !tc.early {
 				time.Sleep(200 * time.Millisecond)
 			}
