@@ -9,25 +9,43 @@ import (
 )
 
 func TestKeyIsContentOnly(t *testing.T) {
-	parent := BaseKey("sha256:aaaa")
+	parent := FromKey("sha256:aaaa")
 	a := digest.FromString("app.py v1")
 	b := digest.FromString("app.py v2")
-	base := Key(parent, "COPY app.py .", a)
+	copyOf := func(p digest.Digest, instr string, files digest.Digest) digest.Digest {
+		return (&Inputs{Parent: p, Instruction: instr, Files: files}).Key()
+	}
+	run := func(args []string, network string, mounts ...MountInput) digest.Digest {
+		return (&Inputs{Parent: parent, Instruction: "RUN make", BuildArgs: args, Network: network, Mounts: mounts}).Key()
+	}
+	base := copyOf(parent, "COPY app.py .", a)
+	runBase := run([]string{"V=1"}, "host")
 
 	cases := []struct {
 		name string
 		key  digest.Digest
+		want digest.Digest
 		same bool
 	}{
-		{"same inputs give the same key", Key(parent, "COPY app.py .", a), true},
-		{"changed content", Key(parent, "COPY app.py .", b), false},
-		{"changed instruction", Key(parent, "COPY app.py ./", a), false},
-		{"changed parent", Key(BaseKey("scratch"), "COPY app.py .", a), false},
-		{"extra input", Key(parent, "COPY app.py .", a, a), false},
-		{"fields do not run together", Key(parent, "COPY app.py", digest.Digest(" ."+string(a))), false},
+		{"same inputs give the same key", copyOf(parent, "COPY app.py .", a), base, true},
+		{"changed content", copyOf(parent, "COPY app.py .", b), base, false},
+		{"changed instruction", copyOf(parent, "COPY app.py ./", a), base, false},
+		{"changed parent", copyOf(FromKey("scratch"), "COPY app.py .", a), base, false},
+		{"fields do not run together", copyOf(parent, "COPY app.py", digest.Digest(" ."+string(a))), base, false},
+		{"file names never enter the key", (&Inputs{Parent: parent, Instruction: "COPY app.py .", Files: a,
+			FileNames: func() map[string]string { return map[string]string{"x": "y"} }}).Key(), base, true},
+		{"same RUN", run([]string{"V=1"}, "host"), runBase, true},
+		{"build arg value", run([]string{"V=2"}, "host"), runBase, false},
+		{"unset arg differs from empty", run([]string{"V"}, "host"), run([]string{"V="}, "host"), false},
+		{"args do not run together", run([]string{"V=1", "W"}, "host"), run([]string{"V=1W"}, "host"), false},
+		{"network", run([]string{"V=1"}, "none"), runBase, false},
+		{"bind mount content", run([]string{"V=1"}, "host", MountInput{"/src", a}), run([]string{"V=1"}, "host", MountInput{"/src", b}), false},
+		{"bind mount target", run([]string{"V=1"}, "host", MountInput{"/src", a}), run([]string{"V=1"}, "host", MountInput{"/s", a}), false},
+		{"a mount is not a file input", (&Inputs{Parent: parent, Instruction: "X", Files: a}).Key(),
+			(&Inputs{Parent: parent, Instruction: "X", Mounts: []MountInput{{"", a}}}).Key(), false},
 	}
 	for _, c := range cases {
-		if got := c.key == base; got != c.same {
+		if got := c.key == c.want; got != c.same {
 			t.Errorf("%s: equal=%v, want %v", c.name, got, c.same)
 		}
 	}
@@ -36,12 +54,18 @@ func TestKeyIsContentOnly(t *testing.T) {
 	}
 }
 
-func TestStringsDigestUnambiguous(t *testing.T) {
-	if StringsDigest([]string{"a", "bc"}) == StringsDigest([]string{"ab", "c"}) {
-		t.Fatal("different lists gave the same digest")
+func TestNamesHideBuildArgValues(t *testing.T) {
+	in := &Inputs{BuildArgs: []string{"TOKEN=s3cret", "EMPTY"}, Network: "none", Mounts: []MountInput{{"/src", digest.FromString("t")}}}
+	names := in.Names()
+	for k, v := range names {
+		if strings.Contains(v, "s3cret") {
+			t.Errorf("%s reveals a build arg value: %q", k, v)
+		}
 	}
-	if StringsDigest(nil) != StringsDigest([]string{}) {
-		t.Fatal("empty lists differ")
+	for _, k := range []string{"build arg TOKEN", "build arg EMPTY", "network", "mount /src"} {
+		if _, ok := names[k]; !ok {
+			t.Errorf("Names lacks %q: %v", k, names)
+		}
 	}
 }
 
@@ -50,17 +74,19 @@ func TestIndexRoundTripAndExplain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	parent := BaseKey("scratch")
-	k1 := Key(parent, "COPY . /", digest.FromString("1"))
+	parent := FromKey("scratch")
+	files := func(m map[string]string) func() map[string]string { return func() map[string]string { return m } }
+	in1 := &Inputs{Parent: parent, Instruction: "COPY . /", Files: digest.FromString("1"),
+		FileNames: files(map[string]string{"app.py": "sha256:1", "util.py": "sha256:2"})}
+	k1 := in1.Key()
 	if _, err := x.Get(k1); !errors.Is(err, ErrMiss) {
 		t.Fatalf("empty index: got %v, want ErrMiss", err)
 	}
-	if got := x.Explain(parent, "here", "COPY . /", nil); got != "not built before" {
+	if got := x.Explain("here", in1); got != "not built before" {
 		t.Fatalf("explain on empty index: %q", got)
 	}
 	rec := &Record{Layer: &Layer{Digest: digest.FromString("layer"), Size: 3}}
-	inputs := map[string]string{"app.py": "sha256:1", "util.py": "sha256:2"}
-	if err := x.Put(k1, parent, "here", "COPY . /", inputs, rec); err != nil {
+	if err := x.Put(k1, "here", in1, rec); err != nil {
 		t.Fatal(err)
 	}
 	got, err := x.Get(k1)
@@ -77,11 +103,12 @@ func TestIndexRoundTripAndExplain(t *testing.T) {
 		{"COPY . /", map[string]string{"app.py": "sha256:1"}, "util.py removed"},
 		{"COPY . /srv", nil, "instruction changed (was: COPY . /)"},
 	}
-	if got := x.Explain(parent, "another project", "COPY . /srv", nil); got != "not built before" {
+	if got := x.Explain("another project", &Inputs{Parent: parent, Instruction: "COPY . /srv"}); got != "not built before" {
 		t.Errorf("a step elsewhere is explained by this project's history: %q", got)
 	}
 	for _, c := range cases {
-		if got := x.Explain(parent, "here", c.instruction, c.inputs); !strings.Contains(got, c.want) {
+		in := &Inputs{Parent: parent, Instruction: c.instruction, FileNames: files(c.inputs)}
+		if got := x.Explain("here", in); !strings.Contains(got, c.want) {
 			t.Errorf("Explain(%q) = %q, want %q", c.instruction, got, c.want)
 		}
 	}

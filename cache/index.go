@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -66,24 +67,33 @@ func (x *Index) Get(key digest.Digest) (*Record, error) {
 	return &r, nil
 }
 
-// Put records what key produced, and remembers under its parent which
-// instruction and inputs it had, for explaining later misses. where names
-// the step's place in its project (context, stage, step number): it only
-// scopes explanations and never enters a key.
+// Put records what the step with inputs in produced under key, and
+// remembers under its parent which instruction and inputs it had, for
+// explaining later misses. where names the step's place in its project
+// (context, stage, step number): it only scopes explanations and never
+// enters a key.
 //
-// inputs names what the step read (file paths, build args) with digests;
-// it is kept beside the record, never in it, so that a hit reads only
-// the small record.
-func (x *Index) Put(key, parent digest.Digest, where, instruction string, inputs map[string]string, r *Record) error {
+// The named inputs are kept beside the record, never in it, so that a hit
+// reads only the small record.
+func (x *Index) Put(key digest.Digest, where string, in *Inputs, r *Record) error {
 	r.Version = recordVersion
 	if err := writeJSON(x.recordPath(key), r); err != nil {
 		return fmt.Errorf("record cache key %s: %w", key, err)
 	}
-	h := hint{Instruction: instruction, Display: r.History.CreatedBy, Inputs: inputs}
-	if err := writeJSON(x.hintPath(Key(parent, "hint", digest.FromString(where), digest.FromString(instruction))), h); err != nil {
+	h := hint{Instruction: in.Instruction, Display: r.History.CreatedBy, Inputs: in.Names()}
+	if err := writeJSON(x.hintPath(hintKey(in.Parent, where, in.Instruction)), h); err != nil {
 		return err
 	}
-	return writeJSON(x.hintPath(Key(parent, "hint", digest.FromString(where))), h)
+	return writeJSON(x.hintPath(hintKey(in.Parent, where)), h)
+}
+
+// hintKey locates a hint: by parent and place, and optionally instruction.
+func hintKey(parent digest.Digest, parts ...string) digest.Digest {
+	h := sha256.New()
+	writeField(h, "hint")
+	writeField(h, string(parent))
+	writeList(h, parts)
+	return digest.NewDigest(digest.SHA256, h)
 }
 
 // hint is what the last step recorded under a parent had as instruction and inputs.
@@ -93,18 +103,18 @@ type hint struct {
 	Inputs      map[string]string `json:"inputs,omitempty"`
 }
 
-// Explain says why key missed, given its parent, place, instruction and
-// inputs: which inputs changed since the same instruction last ran on the
-// same parent, or that the instruction at this place changed.
-func (x *Index) Explain(parent digest.Digest, where, instruction string, inputs map[string]string) string {
+// Explain says why the step with inputs in missed at place where: which
+// inputs changed since the same instruction last ran on the same parent,
+// or that the instruction at this place changed.
+func (x *Index) Explain(where string, in *Inputs) string {
 	var prev hint
-	if err := readJSON(x.hintPath(Key(parent, "hint", digest.FromString(where), digest.FromString(instruction))), &prev); err == nil {
-		if d := diffInputs(prev.Inputs, inputs); d != "" {
+	if err := readJSON(x.hintPath(hintKey(in.Parent, where, in.Instruction)), &prev); err == nil {
+		if d := diffInputs(prev.Inputs, in.Names()); d != "" {
 			return d
 		}
 		return "record missing from the cache"
 	}
-	if err := readJSON(x.hintPath(Key(parent, "hint", digest.FromString(where))), &prev); err == nil {
+	if err := readJSON(x.hintPath(hintKey(in.Parent, where)), &prev); err == nil {
 		was := prev.Display
 		if was == "" {
 			was = prev.Instruction

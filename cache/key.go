@@ -1,43 +1,124 @@
 // Package cache derives instruction cache keys and keeps the local index of
 // what each key produced (DESIGN.md invariants 1, 2 and 4).
 //
-// A key is a pure function of the parent key, the expanded instruction and
-// the digests of the inputs the instruction reads. It never sees mtimes,
-// absolute paths, hostnames or the time, so the same Dockerfile and context
-// give the same keys on every host. The encoding is versioned: bumping
-// keyVersion invalidates every key cleanly.
+// This file is the one recipe of a key: Inputs names every input a step's
+// key covers, and nothing else enters it. It never sees mtimes, absolute
+// paths, hostnames or the time, so the same Dockerfile and context give the
+// same keys on every host. The encoding is versioned: bumping keyVersion
+// invalidates every key cleanly.
 package cache
 
 import (
 	"crypto/sha256"
 	"encoding/binary"
 	"hash"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 )
 
-// keyVersion names the key encoding; change it whenever the encoding or the
-// meaning of a record changes.
-const keyVersion = "minibuild-cache-key/v2"
+// keyVersion names the key encoding, the tree encoding of file inputs
+// included; change it whenever an encoding or the meaning of a record
+// changes.
+const keyVersion = "minibuild-cache-key/v3"
 
-// Key returns the cache key of an instruction from its parent's key, its
-// canonical expanded text and the digests of the inputs it reads (file
-// content, visible build args, …), in a fixed order chosen by the caller.
-func Key(parent digest.Digest, instruction string, inputs ...digest.Digest) digest.Digest {
+// Inputs is everything a step's key is made of. Reading this type tells
+// exactly what invalidates a step; the same values explain a miss (Names).
+type Inputs struct {
+	// Parent is the previous step's key: a step is only reused after the
+	// very same chain.
+	Parent digest.Digest
+	// Instruction is the canonical text after variable expansion
+	// (parser.Canonical): quoting and line breaks do not matter, values
+	// do. WORKDIR puts its resolved absolute path here; an ONBUILD trigger
+	// its own instruction.
+	Instruction string
+	// BuildArgs are the ARGs a RUN can see, in scope order: "K=V" when K is
+	// set (even to ""), "K" alone when declared but unset — a command can
+	// tell those apart. Other instructions see build args only through
+	// their expanded text.
+	BuildArgs []string
+	// Network is a RUN's network mode: a step run without a network may
+	// well have produced something else.
+	Network string
+	// Files is the tree digest (TreeHasher) of exactly what a COPY or ADD
+	// lands: path, type, mode, owner, content and link target of each
+	// entry. FileNames names those files with a digest of how each lands,
+	// computed only when a miss is explained.
+	Files     digest.Digest
+	FileNames func() map[string]string
+	// Mounts are the RUN bind mounts whose content the step reads, in
+	// flag order. Cache mounts, tmpfs and secrets never enter a key.
+	Mounts []MountInput
+}
+
+// MountInput is one bind mount of a RUN: its target and the tree digest
+// (TreeHasher) of its source.
+type MountInput struct {
+	Target string
+	Tree   digest.Digest
+}
+
+// FromKey is the key of a stage's FROM step: the base image's manifest
+// digest, or "scratch".
+func FromKey(base string) digest.Digest {
+	return (&Inputs{Instruction: "FROM " + base}).Key()
+}
+
+// Key returns the step's cache key: a sha256 over a versioned encoding in
+// which every field is length-prefixed and tagged, so that two different
+// Inputs never encode alike.
+func (in *Inputs) Key() digest.Digest {
 	h := sha256.New()
 	writeField(h, keyVersion)
-	writeField(h, string(parent))
-	writeField(h, instruction)
-	for _, in := range inputs {
-		writeField(h, string(in))
+	writeField(h, string(in.Parent))
+	writeField(h, in.Instruction)
+	if in.BuildArgs != nil {
+		writeField(h, "args")
+		writeList(h, in.BuildArgs)
+	}
+	if in.Network != "" {
+		writeField(h, "network")
+		writeField(h, in.Network)
+	}
+	if in.Files != "" {
+		writeField(h, "files")
+		writeField(h, string(in.Files))
+	}
+	for _, m := range in.Mounts {
+		writeField(h, "mount")
+		writeField(h, m.Target)
+		writeField(h, string(m.Tree))
 	}
 	return digest.NewDigest(digest.SHA256, h)
 }
 
-// BaseKey is the key of a stage's FROM step: the base image's manifest
-// digest, or "scratch".
-func BaseKey(base string) digest.Digest {
-	return Key("", "FROM", digest.FromString(base))
+// Names lists the inputs beyond parent and instruction by what a person
+// would call them ("build arg VERSION", "network", "mount /src", a file
+// path), each with a value that changes when the input does. A build
+// arg's value appears only as a digest: it may be a secret.
+func (in *Inputs) Names() map[string]string {
+	m := map[string]string{}
+	if in.FileNames != nil {
+		for k, v := range in.FileNames() {
+			m[k] = v
+		}
+	}
+	for _, kv := range in.BuildArgs {
+		k, v, set := strings.Cut(kv, "=")
+		if set {
+			m["build arg "+k] = digest.FromString(v).String()
+		} else {
+			m["build arg "+k] = "unset"
+		}
+	}
+	if in.Network != "" {
+		m["network"] = in.Network
+	}
+	for _, mi := range in.Mounts {
+		m["mount "+mi.Target] = mi.Tree.String()
+	}
+	return m
 }
 
 // writeField length-prefixes each field so that no two different field
@@ -49,13 +130,12 @@ func writeField(h hash.Hash, s string) {
 	h.Write([]byte(s))
 }
 
-// StringsDigest digests a list of strings unambiguously, e.g. the sorted
-// build args an instruction can see.
-func StringsDigest(values []string) digest.Digest {
-	h := sha256.New()
-	writeField(h, "strings")
+// writeList writes a counted list of fields.
+func writeList(h hash.Hash, values []string) {
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(len(values)))
+	h.Write(n[:])
 	for _, v := range values {
 		writeField(h, v)
 	}
-	return digest.NewDigest(digest.SHA256, h)
 }

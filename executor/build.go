@@ -2,6 +2,11 @@
 // step's cache key, reuses recorded results up to the first miss, and
 // executes from there on — RUN in the sandbox over a snapshot, COPY and
 // ADD straight into a layer, metadata instructions into the config.
+//
+// A build is a graph of stages (graph.go) run concurrently (this file);
+// each stage is a chain of steps (stage.go); each step is keyed, looked up
+// and on a miss executed (step.go) by one small op per instruction family
+// (metadata.go, workdir.go, copy.go, run.go).
 package executor
 
 import (
@@ -15,47 +20,62 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/minibuild/minibuild/buildctx"
 	"github.com/minibuild/minibuild/cache"
 	"github.com/minibuild/minibuild/parser"
-	"github.com/minibuild/minibuild/registry"
 	"github.com/minibuild/minibuild/snapshot"
 	"github.com/minibuild/minibuild/store"
 )
 
-// Options is everything one build needs.
+// Options is everything one build needs: the services it uses, what to
+// build, and how.
 type Options struct {
+	Services
+	Input
+	Policy
+}
+
+// Services are what a build reads and writes; they outlive it.
+type Services struct {
 	Store     *store.Store
 	Snapshots *snapshot.Snapshotter
 	Cache     *cache.Index
+	// CacheFrom are imported caches, consulted after the local index.
+	CacheFrom []CacheSource
+	// StateDir is where build contexts' stat caches live.
+	StateDir string
+	// Progress receives the build's events (nil: none).
+	Progress func(Event)
+}
 
+// Input is what to build.
+type Input struct {
 	ContextDir string
-	StateDir   string // where the context's stat cache lives
 	Dockerfile []byte
 	// DockerfileName is how errors name the Dockerfile ("Dockerfile").
 	DockerfileName string
+	BuildArgs      map[string]string
+	Target         string
+	Labels         map[string]string
+	// Secrets are the values RUN --mount=type=secret reads, by id. They
+	// never reach a layer, key, record or log line.
+	Secrets map[string][]byte
+}
 
-	BuildArgs map[string]string
-	Target    string
-	NoCache   bool
-	Pull      bool
-	Labels    map[string]string
+// Policy is how to build.
+type Policy struct {
+	NoCache bool
+	Pull    bool
 	// Epoch is SOURCE_DATE_EPOCH: the image's creation time and the
 	// latest mtime any layer entry may have.
 	Epoch *time.Time
 	// Insecure lists registries reached over plain http.
 	Insecure []string
-	Progress func(Event)
 	// Jobs bounds how many stages build at once (default: the CPUs).
 	Jobs int
-	// CacheFrom are imported caches, consulted after the local index.
-	CacheFrom []CacheSource
-	// Secrets are the values RUN --mount=type=secret reads, by id (see
-	// LoadSecrets). They never reach a layer, key, record or log line.
-	Secrets map[string][]byte
 	// Network is the RUN network mode when a RUN has no --network:
 	// "default" (or ""), "host" or "none".
 	Network string
@@ -95,14 +115,6 @@ type builder struct {
 	keys   map[int][]digest.Digest // step keys by stage, for --cache-to
 }
 
-// stageResult is a finished stage: its image state, ARG/ENV scope and
-// last key.
-type stageResult struct {
-	state *imageState
-	scope *parser.Scope
-	key   digest.Digest
-}
-
 // Build runs the build described by opts.
 func Build(ctx context.Context, opts Options) (*Result, error) {
 	if opts.DockerfileName == "" {
@@ -114,25 +126,8 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if opts.Jobs <= 0 {
 		opts.Jobs = runtime.NumCPU()
 	}
-	df, err := parser.Parse(bytes.NewReader(opts.Dockerfile), opts.DockerfileName)
+	b, target, err := plan(opts)
 	if err != nil {
-		return nil, err
-	}
-	b := &builder{opts: opts, df: df, stages: map[int]*stageResult{}}
-	for _, w := range df.Warnings {
-		opts.Progress(Event{Kind: KindWarning, Line: w})
-	}
-	if unused := parser.UnusedBuildArgs(df, opts.BuildArgs); len(unused) > 0 {
-		opts.Progress(Event{Kind: KindWarning, Line: fmt.Sprintf("one or more build args were not consumed: [%s]", strings.Join(unused, " "))})
-	}
-	target, err := b.targetStage()
-	if err != nil {
-		return nil, err
-	}
-	if b.meta, err = parser.ResolveMetaArgsForTarget(df, opts.BuildArgs, df.Stages[target].Name); err != nil {
-		return nil, err
-	}
-	if b.graph, err = analyze(df, b.meta); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -143,16 +138,49 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if err := b.runStages(ctx, b.graph.needed(target)); err != nil {
 		return nil, err
 	}
+	return b.finish(target)
+}
+
+// plan parses the Dockerfile and resolves its stage graph: everything
+// that can be checked before a step runs.
+func plan(opts Options) (*builder, int, error) {
+	df, err := parser.Parse(bytes.NewReader(opts.Dockerfile), opts.DockerfileName)
+	if err != nil {
+		return nil, 0, err
+	}
+	b := &builder{opts: opts, df: df, stages: map[int]*stageResult{}, keys: map[int][]digest.Digest{}}
+	for _, w := range df.Warnings {
+		b.warn(w)
+	}
+	if unused := parser.UnusedBuildArgs(df, opts.BuildArgs); len(unused) > 0 {
+		b.warn(fmt.Sprintf("one or more build args were not consumed: [%s]", strings.Join(unused, " ")))
+	}
+	target, err := b.targetStage()
+	if err != nil {
+		return nil, 0, err
+	}
+	if b.meta, err = parser.ResolveMetaArgsForTarget(df, opts.BuildArgs, df.Stages[target].Name); err != nil {
+		return nil, 0, err
+	}
+	if b.graph, err = analyze(df, b.meta); err != nil {
+		return nil, 0, err
+	}
+	return b, target, nil
+}
+
+// finish applies --label, commits the target stage's image and fills in
+// the result.
+func (b *builder) finish(target int) (*Result, error) {
 	st := b.stages[target].state
-	if len(opts.Labels) > 0 {
+	if len(b.opts.Labels) > 0 {
 		if st.config.Config.Labels == nil {
 			st.config.Config.Labels = map[string]string{}
 		}
-		for k, v := range opts.Labels {
+		for k, v := range b.opts.Labels {
 			st.config.Config.Labels[k] = v
 		}
 	}
-	img, h, err := commit(opts.Store, st, b.created(st))
+	img, h, err := commit(b.opts.Store, st, b.created(st))
 	if err != nil {
 		return nil, err
 	}
@@ -167,63 +195,65 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 
 // runStages builds the given stages, each as soon as the stages it reads
 // are done, at most opts.Jobs at a time. The first failure cancels the
-// others and is the error returned.
+// others and is the error returned (an interruption only when nothing
+// else failed).
 func (b *builder) runStages(ctx context.Context, stages []int) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	done := map[int]chan struct{}{}
 	for _, i := range stages {
 		done[i] = make(chan struct{})
 	}
 	slots := make(chan struct{}, b.opts.Jobs)
-	var (
-		wg       sync.WaitGroup
-		errMu    sync.Mutex
-		firstErr error
-	)
-	fail := func(err error) {
-		errMu.Lock()
-		defer errMu.Unlock()
-		if firstErr == nil || (errors.Is(firstErr, context.Canceled) && !errors.Is(err, context.Canceled)) {
-			firstErr = err
-		}
-		cancel()
-	}
+	var errs errgroup.Group
 	for _, i := range stages {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for _, d := range b.graph.deps[i] {
-				select {
-				case <-done[d]:
-				case <-ctx.Done():
-					fail(ctx.Err())
-					return
-				}
-			}
-			select {
-			case slots <- struct{}{}:
-			case <-ctx.Done():
-				fail(ctx.Err())
-				return
-			}
-			sr, err := b.buildStage(ctx, i)
-			<-slots
+		errs.Go(func() error {
+			err := b.runStage(ctx, i, done, slots)
 			if err != nil {
-				fail(err)
-				return
+				cancel(err)
 			}
-			b.mu.Lock()
-			b.stages[i] = sr
-			b.mu.Unlock()
-			close(done[i])
-		}()
+			return err
+		})
 	}
-	wg.Wait()
-	if firstErr == nil {
+	return firstFailure(errs.Wait(), context.Cause(ctx))
+}
+
+// runStage waits for the stages stage i reads and for a free slot, then
+// builds it.
+func (b *builder) runStage(ctx context.Context, i int, done map[int]chan struct{}, slots chan struct{}) error {
+	for _, d := range b.graph.stages[i].deps {
+		select {
+		case <-done[d]:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	select {
+	case slots <- struct{}{}:
+	case <-ctx.Done():
 		return ctx.Err()
 	}
-	return firstErr
+	sr, err := b.buildStage(ctx, i)
+	<-slots
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	b.stages[i] = sr
+	b.mu.Unlock()
+	close(done[i])
+	return nil
+}
+
+// firstFailure prefers a real failure over the cancellation it caused.
+func firstFailure(waited, cause error) error {
+	if cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	if waited != nil {
+		return waited
+	}
+	return cause
 }
 
 // created is the image's creation time: SOURCE_DATE_EPOCH when set, else
@@ -265,179 +295,8 @@ func (b *builder) stage(i int) *stageResult {
 	return b.stages[i]
 }
 
-// stageRun is one stage being built: its steps share the state, the scope
-// and whether a step has missed yet.
-type stageRun struct {
-	b      *builder
-	index  int
-	name   string
-	steps  int
-	state  *imageState
-	scope  *parser.Scope
-	missed bool
-	// needsRootfs[k] tells whether anything after step k+2 reads the
-	// rootfs as files (a RUN, a COPY's destination check, a stage built
-	// on or copied from this one): only then is a new layer extracted as
-	// it is written.
-	needsRootfs []bool
-}
-
-// prefix names the stage in errors of a multi-stage build.
-func (r *stageRun) prefix() string {
-	if len(r.b.df.Stages) > 1 {
-		return "stage " + r.name + ", "
-	}
-	return ""
-}
-
-func (r *stageRun) report(e Event) {
-	e.Kind, e.Stage, e.Steps = KindStep, r.name, r.steps
-	r.b.opts.Progress(e)
-}
-
-// buildStage builds stage i; the stages it reads are done.
-func (b *builder) buildStage(ctx context.Context, i int) (*stageResult, error) {
-	stage := b.df.Stages[i]
-	file := b.opts.DockerfileName
-	base := b.graph.bases[i]
-	run := &stageRun{b: b, index: i, name: b.graph.names[i]}
-	fromText := "FROM " + base
-	start := time.Now()
-
-	var key digest.Digest
-	fromStatus := StatusCached
-	var triggers []string
-	if dep, isStage := b.graph.stageRef(b.df, i, base); isStage {
-		sr := b.stage(dep)
-		run.state, run.scope, key = sr.state.clone(), sr.scope.Clone(), sr.key
-		run.state.config.Config.OnBuild = nil // a stage's triggers do not carry over (BuildKit)
-	} else if base == "scratch" {
-		run.state, key = scratchState(), cache.BaseKey("scratch")
-	} else {
-		img, h, pulled, err := b.baseImage(ctx, base)
-		if err == nil {
-			run.state, err = stateFromImage(img)
-		}
-		if err != nil {
-			run.steps = len(stage.Steps) + 1
-			run.report(Event{Step: 1, Instruction: fromText, Status: StatusError, Reason: err.Error()})
-			return nil, parser.Errorf(file, stage.Line, "%sFROM %s: %v", run.prefix(), base, err)
-		}
-		key = cache.BaseKey(h.String())
-		if pulled {
-			fromStatus = StatusDone
-		}
-		triggers = run.state.config.Config.OnBuild
-		run.state.config.Config.OnBuild = nil // triggers run once, in the image that uses the base
-	}
-	run.state.cmdSet = false
-	if run.scope == nil {
-		run.scope = parser.NewScope(b.meta, b.opts.BuildArgs, b.df.Escape)
-		run.scope.SetBaseEnv(run.state.config.Config.Env)
-	}
-	steps, err := onbuildSteps(file, stage.Line, triggers)
-	if err != nil {
-		return nil, err
-	}
-	steps = append(steps, stage.Steps...)
-	run.steps = len(steps) + 1
-	run.report(Event{Step: 1, Instruction: fromText, Status: fromStatus, Key: string(key), Duration: time.Since(start)})
-	b.count(fromStatus == StatusCached)
-
-	run.needsRootfs = make([]bool, len(steps))
-	later := b.graph.hasDependents(i)
-	for k := len(steps) - 1; k >= 0; k-- {
-		run.needsRootfs[k] = later
-		switch steps[k].Cmd.(type) {
-		case *instructions.RunCommand, *instructions.CopyCommand, *instructions.AddCommand, *instructions.WorkdirCommand:
-			later = true
-		}
-	}
-	for n, step := range steps {
-		sx := &stepExec{b: b, run: run, step: step, n: n + 2, file: file}
-		next, err := sx.exec(ctx, key)
-		if err != nil {
-			return nil, err
-		}
-		key = next
-	}
-	return &stageResult{state: run.state, scope: run.scope, key: key}, nil
-}
-
-// onbuildSteps parses a base image's ONBUILD triggers into steps that run
-// first in the stage, reported at the stage's FROM line.
-func onbuildSteps(file string, line int, triggers []string) ([]parser.Step, error) {
-	var steps []parser.Step
-	for _, t := range triggers {
-		df, err := parser.Parse(strings.NewReader("FROM scratch\n"+t+"\n"), file)
-		if err != nil || len(df.Stages) != 1 || len(df.Stages[0].Steps) != 1 {
-			return nil, parser.Errorf(file, line, "invalid ONBUILD trigger %q in the base image: %v", t, err)
-		}
-		st := df.Stages[0].Steps[0]
-		switch strings.ToUpper(st.Cmd.Name()) {
-		case "ONBUILD", "FROM", "MAINTAINER":
-			return nil, parser.Errorf(file, line, "ONBUILD trigger %q is not allowed", t)
-		}
-		st.Line, st.EndLine = line, line
-		st.Original = "ONBUILD " + strings.TrimSpace(st.Original)
-		steps = append(steps, st)
-	}
-	return steps, nil
-}
-
-// baseImage finds a base image in the store, or pulls it. pulled reports
-// a registry fetch.
-func (b *builder) baseImage(ctx context.Context, ref string) (v1.Image, v1.Hash, bool, error) {
-	if !b.opts.Pull {
-		img, err := b.opts.Store.Image(ref)
-		if err == nil {
-			h, err := img.Digest()
-			return img, h, false, err
-		}
-		if !errors.Is(err, store.ErrNotFound) {
-			return nil, v1.Hash{}, false, err
-		}
-	}
-	img, h, err := registry.Pull(ctx, b.opts.Store, ref, registry.Options{Insecure: b.opts.Insecure})
-	if err != nil {
-		return nil, v1.Hash{}, false, fmt.Errorf("not found in the local store, and pulling it failed: %w", err)
-	}
-	return img, h, true, nil
-}
-
-// context opens the build context on first use: a Dockerfile without
-// COPY or ADD never walks it.
-func (b *builder) context(ctx context.Context) (*buildctx.Context, error) {
-	b.ctxOnce.Do(func() {
-		b.bctx, b.bctxErr = buildctx.Open(ctx, b.opts.ContextDir, buildctx.Options{StateDir: b.opts.StateDir})
-	})
-	return b.bctx, b.bctxErr
-}
-
-func (s *imageState) clone() *imageState {
-	c := &imageState{layers: append([]cache.Layer(nil), s.layers...), config: *s.config.DeepCopy(), cmdSet: s.cmdSet}
-	return c
-}
-
-// lookupEnv finds the last value of k in a K=V list.
-func lookupEnv(env []string, k string) (string, bool) {
-	for i := len(env) - 1; i >= 0; i-- {
-		if name, v, _ := strings.Cut(env[i], "="); name == k {
-			return v, true
-		}
-	}
-	return "", false
-}
-
-// setEnv replaces k's value in place, or appends it, as docker keeps ENV order.
-func setEnv(env []string, k, v string) []string {
-	for i, kv := range env {
-		if name, _, _ := strings.Cut(kv, "="); name == k {
-			env[i] = k + "=" + v
-			return env
-		}
-	}
-	return append(env, k+"="+v)
+func (b *builder) warn(line string) {
+	b.opts.Progress(Event{Kind: KindWarning, Line: line})
 }
 
 // count tallies a reused (cached) or executed step.
@@ -453,40 +312,36 @@ func (b *builder) count(cached bool) {
 
 // noteMiss keeps the explanation of the first miss; with several stages,
 // prefixed by the stage name.
-func (b *builder) noteMiss(r *stageRun, why string) {
+func (b *builder) noteMiss(stage, why string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.res.FirstMiss != "" {
 		return
 	}
 	if len(b.df.Stages) > 1 {
-		why = r.name + " " + why
+		why = stage + " " + why
 	}
 	b.res.FirstMiss = why
 }
 
-// fromSource opens what COPY --from reads: an earlier stage's rootfs, or
-// an image's (pulled when not in the store), as a read-only view that is
-// hashed like a build context — so the copy is keyed on the files' content
-// and a rebuilt stage with identical output changes nothing downstream.
-func (b *builder) fromSource(ctx context.Context, stage int, from string) (*buildctx.Context, error) {
-	var layers []snapshot.Layer
-	if dep, ok := b.graph.stageRef(b.df, stage, from); ok {
-		layers = b.stage(dep).state.snapshotLayers()
-	} else {
-		img, _, _, err := b.baseImage(ctx, from)
-		if err != nil {
-			return nil, fmt.Errorf("--from=%s: %w", from, err)
-		}
-		st, err := stateFromImage(img)
-		if err != nil {
-			return nil, fmt.Errorf("--from=%s: %w", from, err)
-		}
-		layers = st.snapshotLayers()
+// noteKey remembers that stage used key, for --cache-to.
+func (b *builder) noteKey(stage int, key digest.Digest) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.keys[stage] = append(b.keys[stage], key)
+}
+
+// cacheKeys returns the keys of every step of every stage that ran (for
+// mode=max) and of the steps that make up the target image: the target
+// stage and the stages it is built FROM (mode=min).
+func (b *builder) cacheKeys(target int) (all, image []digest.Digest) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i := range b.df.Stages {
+		all = append(all, b.keys[i]...)
 	}
-	dir, err := b.opts.Snapshots.View(ctx, layers)
-	if err != nil {
-		return nil, err
+	for _, i := range b.graph.imageChain(target) {
+		image = append(image, b.keys[i]...)
 	}
-	return buildctx.Open(ctx, dir, buildctx.Options{StateDir: b.opts.StateDir, NoIgnore: true})
+	return all, image
 }

@@ -6,138 +6,186 @@ import (
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 
 	"github.com/minibuild/minibuild/parser"
 )
 
-// graph is the stage graph, checked before anything runs: every FROM and
-// COPY --from resolved to an earlier stage or to an image.
-type graph struct {
-	bases []string // each stage's FROM, expanded with the global ARGs
-	deps  [][]int  // the earlier stages each stage reads
-	names []string // display names: the AS name or "stage-N"
+// source is what a FROM, COPY --from or RUN --mount from= names: an
+// earlier stage, or an image reference ("scratch" for the empty image).
+type source struct {
+	stage int    // an earlier stage's index, or -1
+	image string // when stage < 0
 }
 
-// analyze resolves stage references and rejects duplicates, cycles and
-// references to unknown or later stages, naming the Dockerfile line.
+func (s source) isStage() bool { return s.stage >= 0 }
+
+// stageNode is one stage of the graph with every reference it makes
+// resolved, so that the build reads them instead of resolving again.
+type stageNode struct {
+	name     string // display name: the AS name or "stage-N"
+	baseText string // FROM's argument, expanded with the global ARGs
+	base     source
+	// froms resolves the COPY --from and RUN --mount from= values the
+	// stage's own instructions use, by their text.
+	froms      map[string]source
+	deps       []int // the earlier stages it reads
+	dependents bool  // another stage builds on or reads it
+}
+
+// graph is the stage graph, checked before anything runs.
+type graph struct {
+	df     *parser.Dockerfile
+	byName map[string]int
+	stages []stageNode
+}
+
+// analyze resolves every stage reference once and rejects duplicates,
+// cycles and references to unknown or later stages, naming the line.
 func analyze(df *parser.Dockerfile, meta map[string]string) (*graph, error) {
-	g := &graph{bases: make([]string, len(df.Stages)), deps: make([][]int, len(df.Stages)), names: make([]string, len(df.Stages))}
-	byName := map[string]int{}
+	g := &graph{df: df, byName: map[string]int{}, stages: make([]stageNode, len(df.Stages))}
 	for i, st := range df.Stages {
-		g.names[i] = st.Name
+		g.stages[i].name = st.Name
 		if st.Name == "" {
-			g.names[i] = fmt.Sprintf("stage-%d", i)
-		} else if j, dup := byName[st.Name]; dup {
+			g.stages[i].name = fmt.Sprintf("stage-%d", i)
+		} else if j, dup := g.byName[st.Name]; dup {
 			return nil, parser.Errorf(df.File, st.Line, "duplicate stage name %q, first defined on line %d", st.Name, df.Stages[j].Line)
 		}
 		if st.Name != "" {
-			byName[st.Name] = i
+			g.byName[st.Name] = i
 		}
-	}
-	// ref resolves a stage reference made from stage i: an earlier stage,
-	// or -1 for an image; a reference to i itself or a later stage is an error.
-	ref := func(i int, what, r string) (int, error) {
-		if j, ok := byName[strings.ToLower(r)]; ok {
-			if j >= i {
-				if j == i {
-					return 0, fmt.Errorf("%s %s: stage %q refers to itself (a cycle)", what, r, df.Stages[i].Name)
-				}
-				return 0, fmt.Errorf("%s %s: stage %q is defined later, on line %d; a stage can only use earlier stages", what, r, r, df.Stages[j].Line)
-			}
-			return j, nil
-		}
-		if n, err := strconv.Atoi(r); err == nil {
-			if n < 0 || n >= i {
-				return 0, fmt.Errorf("%s %s: stage index %d is not an earlier stage (this is stage %d)", what, r, n, i)
-			}
-			return n, nil
-		}
-		return -1, nil
 	}
 	for i, st := range df.Stages {
-		base, err := parser.ExpandWord(st.BaseName, parser.EnvList(meta), df.Escape)
-		if err != nil {
-			return nil, parser.Errorf(df.File, st.Line, "FROM %s: %v", st.BaseName, err)
+		if err := g.analyzeStage(i, st, meta); err != nil {
+			return nil, err
 		}
-		if base == "" {
-			return nil, parser.Errorf(df.File, st.Line, "FROM %s: base name expands to an empty string", st.BaseName)
-		}
-		g.bases[i] = base
-		j, err := ref(i, "FROM", base)
-		if err != nil {
-			return nil, parser.Errorf(df.File, st.Line, "%v", err)
-		}
-		if j >= 0 {
-			g.deps[i] = append(g.deps[i], j)
-		} else if base != "scratch" {
-			if _, err := name.ParseReference(base); err != nil {
-				return nil, parser.Errorf(df.File, st.Line, "FROM %s: invalid image reference: %v", base, err)
-			}
-		}
-		for _, step := range st.Steps {
-			for _, from := range stepFroms(step.Cmd) {
-				j, err := ref(i, from[0], from[1])
-				if err != nil {
-					return nil, parser.Errorf(df.File, step.Line, "%v", err)
-				}
-				if j >= 0 {
-					g.deps[i] = append(g.deps[i], j)
-					continue
-				}
-				if _, err := name.ParseReference(from[1]); err != nil {
-					return nil, parser.Errorf(df.File, step.Line, "%s=%s: no stage of that name and not an image reference: %v", from[0], from[1], err)
-				}
-			}
+	}
+	for i := range g.stages {
+		for _, d := range g.stages[i].deps {
+			g.stages[d].dependents = true
 		}
 	}
 	return g, nil
 }
 
-// stageRef resolves a reference made from stage i to an earlier stage.
-func (g *graph) stageRef(df *parser.Dockerfile, i int, r string) (int, bool) {
-	for j := 0; j < i; j++ {
-		if df.Stages[j].Name != "" && df.Stages[j].Name == strings.ToLower(r) {
-			return j, true
+// analyzeStage resolves stage i's FROM and the references of its steps.
+func (g *graph) analyzeStage(i int, st parser.Stage, meta map[string]string) error {
+	file := g.df.File
+	node := &g.stages[i]
+	base, err := parser.ExpandWord(st.BaseName, parser.EnvList(meta), g.df.Escape)
+	if err != nil {
+		return parser.Errorf(file, st.Line, "FROM %s: %v", st.BaseName, err)
+	}
+	if base == "" {
+		return parser.Errorf(file, st.Line, "FROM %s: base name expands to an empty string", st.BaseName)
+	}
+	node.baseText = base
+	if node.base, err = g.resolve(i, "FROM", base); err != nil {
+		return parser.Errorf(file, st.Line, "%v", err)
+	}
+	if node.base.isStage() {
+		node.deps = append(node.deps, node.base.stage)
+	}
+	node.froms = map[string]source{}
+	for _, step := range st.Steps {
+		for _, from := range stepFroms(step.Cmd) {
+			src, err := g.resolve(i, from[0], from[1])
+			if err != nil {
+				return parser.Errorf(file, step.Line, "%v", err)
+			}
+			node.froms[from[1]] = src
+			if src.isStage() {
+				node.deps = append(node.deps, src.stage)
+			}
 		}
 	}
-	if n, err := strconv.Atoi(r); err == nil && n >= 0 && n < i {
-		return n, true
+	return nil
+}
+
+// resolve resolves reference r made from stage i by instruction what: an
+// earlier stage by name or index, else an image. A reference to i itself
+// or to a later stage is an error, and so is an invalid image reference.
+func (g *graph) resolve(i int, what, r string) (source, error) {
+	if j, ok := g.byName[strings.ToLower(r)]; ok {
+		switch {
+		case j == i:
+			return source{}, fmt.Errorf("%s %s: stage %q refers to itself (a cycle)", what, r, g.df.Stages[i].Name)
+		case j > i:
+			return source{}, fmt.Errorf("%s %s: stage %q is defined later, on line %d; a stage can only use earlier stages", what, r, r, g.df.Stages[j].Line)
+		}
+		return source{stage: j}, nil
 	}
-	return 0, false
+	if n, err := strconv.Atoi(r); err == nil {
+		if n < 0 || n >= i {
+			return source{}, fmt.Errorf("%s %s: stage index %d is not an earlier stage (this is stage %d)", what, r, n, i)
+		}
+		return source{stage: n}, nil
+	}
+	if what == "FROM" && r == "scratch" {
+		return source{stage: -1, image: r}, nil
+	}
+	if _, err := name.ParseReference(r); err != nil {
+		if what == "FROM" {
+			return source{}, fmt.Errorf("FROM %s: invalid image reference: %v", r, err)
+		}
+		return source{}, fmt.Errorf("%s=%s: no stage of that name and not an image reference: %v", what, r, err)
+	}
+	return source{stage: -1, image: r}, nil
+}
+
+// stepFroms lists the stages or images an instruction reads, as
+// {"COPY --from", name} or {"RUN --mount from", name}.
+func stepFroms(cmd instructions.Command) [][2]string {
+	switch c := cmd.(type) {
+	case *instructions.CopyCommand:
+		if c.From != "" {
+			return [][2]string{{"COPY --from", c.From}}
+		}
+	case *instructions.RunCommand:
+		var out [][2]string
+		func() {
+			defer func() { _ = recover() }() // a hand-made RunCommand has no mount state
+			for _, m := range instructions.GetMounts(c) {
+				if m.From != "" {
+					out = append(out, [2]string{"RUN --mount from", m.From})
+				}
+			}
+		}()
+		return out
+	}
+	return nil
 }
 
 // needed lists the stages the target depends on, itself included, in
 // index order: a stage nothing needs is neither built nor its base pulled.
 func (g *graph) needed(target int) []int {
-	seen := map[int]bool{}
+	seen := make([]bool, len(g.stages))
 	var visit func(int)
 	visit = func(i int) {
 		if seen[i] {
 			return
 		}
 		seen[i] = true
-		for _, d := range g.deps[i] {
+		for _, d := range g.stages[i].deps {
 			visit(d)
 		}
 	}
 	visit(target)
 	var out []int
-	for i := range g.deps {
-		if seen[i] {
+	for i, ok := range seen {
+		if ok {
 			out = append(out, i)
 		}
 	}
 	return out
 }
 
-// hasDependents tells whether another stage builds on or reads stage i.
-func (g *graph) hasDependents(i int) bool {
-	for _, deps := range g.deps {
-		for _, d := range deps {
-			if d == i {
-				return true
-			}
-		}
+// imageChain lists the stages the target's image is made of: the target
+// and the stages it is built FROM, base first.
+func (g *graph) imageChain(target int) []int {
+	chain := []int{target}
+	for i := target; g.stages[i].base.isStage(); i = g.stages[i].base.stage {
+		chain = append([]int{g.stages[i].base.stage}, chain...)
 	}
-	return false
+	return chain
 }

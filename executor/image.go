@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
@@ -86,6 +84,10 @@ func (s *imageState) snapshotLayers() []snapshot.Layer {
 	return out
 }
 
+func (s *imageState) clone() *imageState {
+	return &imageState{layers: append([]cache.Layer(nil), s.layers...), config: *s.config.DeepCopy(), cmdSet: s.cmdSet}
+}
+
 // apply replays a step's record: its layer, config and history.
 func (s *imageState) apply(r *cache.Record) {
 	if r.Layer != nil {
@@ -128,53 +130,9 @@ func commit(st *store.Store, s *imageState, created time.Time) (v1.Image, v1.Has
 	if err != nil {
 		return nil, v1.Hash{}, err
 	}
-	img, err := partial.CompressedToImage(&builtImage{store: st, manifest: rawManifest, config: rawConfig, layers: s.layers})
-	if err != nil {
-		return nil, v1.Hash{}, err
-	}
-	h, err := st.WriteImage(img)
+	img, h, err := st.CommitImage(rawConfig, rawManifest)
 	if err != nil {
 		return nil, v1.Hash{}, fmt.Errorf("store image: %w", err)
 	}
-	stored, err := st.Image(h.String())
-	if err != nil {
-		return nil, v1.Hash{}, err
-	}
-	return stored, h, nil
-}
-
-// builtImage is a just-built image whose layers are already in the store.
-type builtImage struct {
-	store    *store.Store
-	manifest []byte
-	config   []byte
-	layers   []cache.Layer
-}
-
-func (b *builtImage) RawConfigFile() ([]byte, error)      { return b.config, nil }
-func (b *builtImage) RawManifest() ([]byte, error)        { return b.manifest, nil }
-func (b *builtImage) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
-
-func (b *builtImage) LayerByDigest(h v1.Hash) (partial.CompressedLayer, error) {
-	for _, l := range b.layers {
-		if string(l.Digest) == h.String() {
-			return &storeLayer{store: b.store, layer: l}, nil
-		}
-	}
-	return nil, fmt.Errorf("layer %s not in image", h)
-}
-
-// storeLayer is a layer blob read from the store.
-type storeLayer struct {
-	store *store.Store
-	layer cache.Layer
-}
-
-func (l *storeLayer) Digest() (v1.Hash, error) { return v1.NewHash(string(l.layer.Digest)) }
-func (l *storeLayer) Compressed() (io.ReadCloser, error) {
-	return l.store.OpenBlob(l.layer.Digest)
-}
-func (l *storeLayer) Size() (int64, error) { return l.layer.Size, nil }
-func (l *storeLayer) MediaType() (types.MediaType, error) {
-	return types.MediaType(l.layer.MediaType), nil
+	return img, h, nil
 }

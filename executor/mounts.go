@@ -18,7 +18,6 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/minibuild/minibuild/buildctx"
-	"github.com/minibuild/minibuild/cache"
 	"github.com/minibuild/minibuild/sandbox"
 	"github.com/minibuild/minibuild/snapshot"
 )
@@ -90,29 +89,6 @@ func LoadSecrets(specs []string, lookupEnv func(string) (string, bool)) (map[str
 	return out, nil
 }
 
-// stepFroms lists the stages or images an instruction reads, as
-// {"COPY --from", name} or {"RUN --mount from", name}, for the stage graph.
-func stepFroms(cmd instructions.Command) [][2]string {
-	switch c := cmd.(type) {
-	case *instructions.CopyCommand:
-		if c.From != "" {
-			return [][2]string{{"COPY --from", c.From}}
-		}
-	case *instructions.RunCommand:
-		var out [][2]string
-		func() {
-			defer func() { _ = recover() }() // a hand-made RunCommand has no mount state
-			for _, m := range instructions.GetMounts(c) {
-				if m.From != "" {
-					out = append(out, [2]string{"RUN --mount from", m.From})
-				}
-			}
-		}()
-		return out
-	}
-	return nil
-}
-
 // runMount is one RUN --mount, checked and keyed at prepare time.
 type runMount struct {
 	m      *instructions.Mount
@@ -120,6 +96,10 @@ type runMount struct {
 	// bind: the source tree and the path inside it
 	src    *buildctx.Context
 	srcRel string
+	// bind: the content digest of the source tree, a key input, and the
+	// stage view it was read from (closed when the step is done)
+	tree digest.Digest
+	view *buildctx.Context
 	// secret: id, the value (nil when optional and absent), env name
 	secretID string
 	secret   []byte
@@ -127,15 +107,14 @@ type runMount struct {
 }
 
 // prepareMounts checks a RUN's --mount flags and returns them; a bind
-// mount's content (not its path) joins the step's inputs, as in BuildKit.
-// Cache mounts and secrets never do: only the instruction text keys them.
-// inputs names the bind mounts' digests, for explaining a miss.
-func (s *stepExec) prepareMounts(ctx context.Context, c *instructions.RunCommand) (mounts []*runMount, inputs map[string]string, err error) {
+// mount's content (not its path) is a key input, as in BuildKit. Cache
+// mounts and secrets never are: only the instruction text keys them. On
+// an error it returns the mounts made so far, for release.
+func (s *step) prepareMounts(ctx context.Context, c *instructions.RunCommand) (mounts []*runMount, err error) {
 	workdir := s.run.state.config.Config.WorkingDir
 	if workdir == "" {
 		workdir = "/"
 	}
-	inputs = map[string]string{}
 	for _, m := range instructions.GetMounts(c) {
 		rm := &runMount{m: m, target: m.Target}
 		if rm.target != "" && !path.IsAbs(rm.target) {
@@ -146,7 +125,7 @@ func (s *stepExec) prepareMounts(ctx context.Context, c *instructions.RunCommand
 		}
 		switch m.Type {
 		case instructions.MountTypeSSH:
-			return nil, nil, fmt.Errorf("--mount=type=ssh is not supported")
+			return mounts, fmt.Errorf("--mount=type=ssh is not supported")
 		case instructions.MountTypeSecret:
 			id := m.CacheID
 			if m.Source != "" {
@@ -154,7 +133,7 @@ func (s *stepExec) prepareMounts(ctx context.Context, c *instructions.RunCommand
 			}
 			if id == "" {
 				if m.Target == "" {
-					return nil, nil, fmt.Errorf("--mount=type=secret: one of id, source or target is required")
+					return mounts, fmt.Errorf("--mount=type=secret: one of id, source or target is required")
 				}
 				id = path.Base(m.Target)
 			}
@@ -168,75 +147,64 @@ func (s *stepExec) prepareMounts(ctx context.Context, c *instructions.RunCommand
 			if m.Target == "" && m.Env == nil {
 				rm.target = "/run/secrets/" + path.Base(id)
 			}
-			v, ok := s.b.opts.Secrets[id]
+			v, ok := s.run.b.opts.Secrets[id]
 			if !ok && m.Required {
-				return nil, nil, fmt.Errorf("secret %q is required but was not provided (use --secret id=%s,src=FILE)", id, id)
+				return mounts, fmt.Errorf("secret %q is required but was not provided (use --secret id=%s,src=FILE)", id, id)
 			}
 			if ok {
 				rm.secret = v
 			}
 		case instructions.MountTypeCache:
 			if rm.target == "" {
-				return nil, nil, fmt.Errorf("--mount=type=cache needs a target")
+				return mounts, fmt.Errorf("--mount=type=cache needs a target")
 			}
 			if m.From != "" || m.Source != "" {
-				return nil, nil, fmt.Errorf("--mount=type=cache with from= or source= is not supported yet")
+				return mounts, fmt.Errorf("--mount=type=cache with from= or source= is not supported yet")
 			}
 		case instructions.MountTypeTmpfs:
 			if rm.target == "" {
-				return nil, nil, fmt.Errorf("--mount=type=tmpfs needs a target")
+				return mounts, fmt.Errorf("--mount=type=tmpfs needs a target")
 			}
 		case instructions.MountTypeBind:
 			if rm.target == "" {
-				return nil, nil, fmt.Errorf("--mount=type=bind needs a target")
+				return mounts, fmt.Errorf("--mount=type=bind needs a target")
 			}
-			d, err := s.prepareBind(ctx, rm)
-			if err != nil {
-				return nil, nil, err
+			if err := s.prepareBind(ctx, rm); err != nil {
+				return append(mounts, rm), err
 			}
-			inputs["mount "+rm.target] = d.String()
 		default:
-			return nil, nil, fmt.Errorf("--mount=type=%s is not supported", m.Type)
+			return mounts, fmt.Errorf("--mount=type=%s is not supported", m.Type)
 		}
 		if rm.target == "/" {
-			return nil, nil, fmt.Errorf("--mount=type=%s: cannot mount over /", m.Type)
+			return mounts, fmt.Errorf("--mount=type=%s: cannot mount over /", m.Type)
 		}
 		mounts = append(mounts, rm)
 	}
-	return mounts, inputs, nil
+	return mounts, nil
 }
 
 // prepareBind resolves a bind mount's source in the build context (or in
-// the stage or image from= names) and keys the step on its content.
-func (s *stepExec) prepareBind(ctx context.Context, rm *runMount) (digest.Digest, error) {
+// the stage or image from= names) and digests its content for the key.
+func (s *step) prepareBind(ctx context.Context, rm *runMount) error {
 	var src *buildctx.Context
 	var err error
 	if rm.m.From != "" {
-		if src, err = s.b.fromSource(ctx, s.run.index, rm.m.From); err != nil {
-			return "", err
-		}
-		prev := s.release
-		s.release = func() error {
-			err := src.Close()
-			if prev != nil {
-				err = errors.Join(prev(), err)
-			}
+		if src, err = s.run.fromSource(ctx, rm.m.From); err != nil {
 			return err
 		}
-	} else if src, err = s.b.context(ctx); err != nil {
-		return "", err
+		rm.view = src
+	} else if src, err = s.run.b.context(ctx); err != nil {
+		return err
 	}
 	rel := strings.TrimPrefix(path.Clean("/"+rm.m.Source), "/")
 	if _, ok := src.Lookup(rel); !ok {
-		return "", fmt.Errorf("--mount=type=bind: source %q not found (or excluded by .dockerignore)", rm.m.Source)
+		return fmt.Errorf("--mount=type=bind: source %q not found (or excluded by .dockerignore)", rm.m.Source)
 	}
 	rm.src, rm.srcRel = src, rel
-	d, err := treeDigest(src, rel)
-	if err != nil {
-		return "", fmt.Errorf("--mount=type=bind,source=%s: %w", rm.m.Source, err)
+	if rm.tree, err = treeDigest(src, rel); err != nil {
+		return fmt.Errorf("--mount=type=bind,source=%s: %w", rm.m.Source, err)
 	}
-	s.inputs = append(s.inputs, d)
-	return d, nil
+	return nil
 }
 
 // treeDigest is the content digest of rel and everything under it: path,
@@ -258,7 +226,7 @@ func treeDigest(src *buildctx.Context, rel string) (digest.Digest, error) {
 		name := strings.TrimPrefix(strings.TrimPrefix(f.Path, rel), "/")
 		lines = append(lines, fmt.Sprintf("%q %o %d %d %d %q %s", name, uint32(f.Mode), f.UID, f.GID, f.Size, f.Link, sum))
 	}
-	return cache.StringsDigest(lines), nil
+	return digest.FromString(strings.Join(lines, "\n")), nil
 }
 
 // mountSetup is what a RUN's mounts need while it runs.
@@ -279,9 +247,9 @@ func (ms *mountSetup) Release() {
 // setupMounts acquires cache dirs (waiting as sharing= says), makes
 // writable binds' scratch dirs and turns secrets into tmpfs files or
 // environment variables.
-func (s *stepExec) setupMounts(ctx context.Context, mounts []*runMount) (*mountSetup, error) {
+func (s *step) setupMounts(ctx context.Context, mounts []*runMount) (*mountSetup, error) {
 	ms := &mountSetup{}
-	sn := s.b.opts.Snapshots
+	sn := s.run.b.opts.Snapshots
 	for _, rm := range mounts {
 		m := rm.m
 		switch m.Type {
@@ -359,7 +327,7 @@ func (s *stepExec) setupMounts(ctx context.Context, mounts []*runMount) (*mountS
 // bindMount makes the sandbox mount of a bind: the source read-only, or
 // with rw a writable layer over it whose writes are thrown away (an
 // overlay, or a scratch copy with the copying snapshotter).
-func (s *stepExec) bindMount(rm *runMount, ms *mountSetup) (sandbox.Mount, error) {
+func (s *step) bindMount(rm *runMount, ms *mountSetup) (sandbox.Mount, error) {
 	host, err := securejoin.SecureJoin(rm.src.Dir(), filepath.FromSlash(rm.srcRel))
 	if err != nil {
 		return sandbox.Mount{}, err
@@ -368,7 +336,7 @@ func (s *stepExec) bindMount(rm *runMount, ms *mountSetup) (sandbox.Mount, error
 	if ignored, err := hasIgnored(rm.src, rm.srcRel, host); err != nil {
 		return sandbox.Mount{}, err
 	} else if ignored || !rm.m.ReadOnly {
-		sn := s.b.opts.Snapshots
+		sn := s.run.b.opts.Snapshots
 		tmp, release, err := sn.TempDir("bind")
 		if err != nil {
 			return sandbox.Mount{}, err

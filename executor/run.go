@@ -12,7 +12,6 @@ import (
 
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
-	"github.com/opencontainers/go-digest"
 
 	"github.com/minibuild/minibuild/cache"
 	"github.com/minibuild/minibuild/layer"
@@ -23,35 +22,53 @@ import (
 // tailLines is how many output lines a failed RUN's error repeats.
 const tailLines = 10
 
-// prepareRun keys a RUN on its text, the build args it can see and the
-// content of its bind mounts, and readies its execution in the sandbox.
-func (s *stepExec) prepareRun(ctx context.Context, c *instructions.RunCommand) error {
+// runOp is a RUN: keyed on its text, the build args it can see, its
+// network mode and the content of its bind mounts; executed in the
+// sandbox over a snapshot of the stage's rootfs, its changes diffed into
+// a layer.
+type runOp struct {
+	s       *step
+	c       *instructions.RunCommand
+	network sandbox.Network
+	args    []string // the visible build args, as the key sees them
+	mounts  []*runMount
+}
+
+func newRunOp(ctx context.Context, s *step, c *instructions.RunCommand) (*runOp, error) {
 	network, err := s.runNetwork(c)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	args := s.run.scope.Args()
-	// The network mode is part of the key: a step that ran without a
-	// network may well have produced something else.
-	s.inputs = []digest.Digest{cache.StringsDigest(argsKey(args, s.run.scope.ExpandEnv())), digest.FromString("network=" + string(network))}
-	mounts, mountInputs, err := s.prepareMounts(ctx, c)
-	if err != nil {
-		return err
+	scope := s.run.scope
+	o := &runOp{s: s, c: c, network: network, args: argsKey(scope.Args(), scope.ExpandEnv())}
+	if o.mounts, err = s.prepareMounts(ctx, c); err != nil {
+		o.release()
+		return nil, err
 	}
-	s.inputNames = func() map[string]string {
-		m := map[string]string{}
-		for _, kv := range args {
-			k, v, _ := strings.Cut(kv, "=")
-			m["build arg "+k] = digest.FromString(v).String() // never the value itself
+	return o, nil
+}
+
+func (o *runOp) inputs(in *cache.Inputs) {
+	in.BuildArgs = o.args
+	in.Network = string(o.network)
+	for _, rm := range o.mounts {
+		if rm.tree != "" {
+			in.Mounts = append(in.Mounts, cache.MountInput{Target: rm.target, Tree: rm.tree})
 		}
-		for k, v := range mountInputs {
-			m[k] = v
-		}
-		m["network"] = string(network)
-		return m
 	}
-	s.execute = func(ctx context.Context) (*cache.Record, error) { return s.executeRun(ctx, c, mounts, network) }
-	return nil
+}
+
+// release closes the stage views bind mounts read from.
+func (o *runOp) release() {
+	for _, rm := range o.mounts {
+		if rm.view != nil {
+			rm.view.Close()
+		}
+	}
+}
+
+func (o *runOp) execute(ctx context.Context) (*cache.Record, error) {
+	return o.s.executeRun(ctx, o.c, o.mounts, o.network)
 }
 
 // argsKey is the visible ARGs as a RUN's key sees them: "K=V" when K is
@@ -72,8 +89,8 @@ func argsKey(args, env []string) []string {
 
 // runNetwork is the network of a RUN: its --network flag, else the
 // build's --network.
-func (s *stepExec) runNetwork(c *instructions.RunCommand) (sandbox.Network, error) {
-	mode := s.b.opts.Network
+func (s *step) runNetwork(c *instructions.RunCommand) (sandbox.Network, error) {
+	mode := s.run.b.opts.Network
 	if slices.Contains(c.FlagsUsed, "network") {
 		mode = instructions.GetNetwork(c)
 	}
@@ -88,7 +105,7 @@ func (s *stepExec) runNetwork(c *instructions.RunCommand) (sandbox.Network, erro
 
 // runArgs is the argv a RUN executes: the shell plus the command line for
 // the shell form, a heredoc's body as the script, or the exec form as is.
-func (s *stepExec) runArgs(c *instructions.RunCommand) []string {
+func (s *step) runArgs(c *instructions.RunCommand) []string {
 	cfg := &s.run.state.config.Config
 	args := c.CmdLine
 	if len(c.Files) > 0 && len(args) == 1 {
@@ -149,11 +166,11 @@ func shebangArgs(script, target string) []string {
 	return []string{interp, arg, target}
 }
 
-func (s *stepExec) executeRun(ctx context.Context, c *instructions.RunCommand, mounts []*runMount, network sandbox.Network) (*cache.Record, error) {
-	opts := s.b.opts
+func (s *step) executeRun(ctx context.Context, c *instructions.RunCommand, mounts []*runMount, network sandbox.Network) (*cache.Record, error) {
+	opts := s.run.b.opts
 	cfg := &s.run.state.config.Config
 	layers := s.run.state.snapshotLayers()
-	id, err := resolveUser(imageFiles(ctx, opts.Snapshots, layers), cfg.User)
+	id, err := resolveUser(s.run.imageFiles(ctx), cfg.User)
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +213,7 @@ func (s *stepExec) executeRun(ctx context.Context, c *instructions.RunCommand, m
 		err = sandbox.Run(ctx, spec)
 		// Where overlayfs is refused, --snapshotter=auto copies from now on.
 		if errors.Is(err, sandbox.ErrRootfsMount) && opts.Snapshots.OverlayFailed() {
-			opts.Progress(Event{Kind: KindWarning, Line: fmt.Sprintf("overlay snapshots do not work here (%v); copying instead", err)})
+			s.run.b.warn(fmt.Sprintf("overlay snapshots do not work here (%v); copying instead", err))
 			snap.Release()
 			continue
 		}
@@ -213,6 +230,7 @@ func (s *stepExec) executeRun(ctx context.Context, c *instructions.RunCommand, m
 		}
 		return nil, err
 	}
+	createdBy := "RUN " + strings.Join(s.runArgs(c), " ")
 	entries := 0
 	l, err := s.writeLayer(ctx, func(w *layer.Writer) error {
 		err := snap.Diff(w)
@@ -224,9 +242,9 @@ func (s *stepExec) executeRun(ctx context.Context, c *instructions.RunCommand, m
 	}
 	if entries == 0 {
 		// A RUN that changed nothing adds no layer, as BuildKit does.
-		return &cache.Record{Config: *cfg.DeepCopy(), History: s.history(true, "")}, nil
+		return &cache.Record{Config: s.config(), History: s.history(createdBy, true)}, nil
 	}
-	return &cache.Record{Layer: l, Config: *cfg.DeepCopy(), History: s.history(false, "")}, nil
+	return &cache.Record{Layer: l, Config: s.config(), History: s.history(createdBy, false)}, nil
 }
 
 // RunError is a RUN whose command exited non-zero.

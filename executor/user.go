@@ -9,8 +9,6 @@ import (
 	"io/fs"
 	"strconv"
 	"strings"
-
-	"github.com/minibuild/minibuild/snapshot"
 )
 
 // identity is a resolved user: what a RUN runs as, what --chown sets.
@@ -22,7 +20,9 @@ type identity struct {
 // fileReader reads a file of the image's rootfs.
 type fileReader func(path string) ([]byte, error)
 
-func imageFiles(ctx context.Context, sn *snapshot.Snapshotter, layers []snapshot.Layer) fileReader {
+// imageFiles reads files of the stage's rootfs as it is now.
+func (r *stageRun) imageFiles(ctx context.Context) fileReader {
+	sn, layers := r.b.opts.Snapshots, r.state.snapshotLayers()
 	return func(path string) ([]byte, error) { return sn.ReadFile(ctx, layers, path) }
 }
 

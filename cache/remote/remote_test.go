@@ -87,19 +87,21 @@ func newFixture(t *testing.T) *fixture {
 	m, _ := img.Manifest()
 	cf, _ := img.ConfigFile()
 	f := &fixture{s: s, idx: idx, img: stored}
-	parent := cache.BaseKey("scratch")
+	parent := cache.FromKey("scratch")
 	for i, l := range m.Layers {
-		key := cache.Key(parent, "RUN step", digest.FromString(string(rune('a'+i))))
+		in := &cache.Inputs{Parent: parent, Instruction: "RUN step", Files: digest.FromString(string(rune('a' + i)))}
+		key := in.Key()
 		rec := &cache.Record{Layer: &cache.Layer{Digest: digest.Digest(l.Digest.String()), DiffID: digest.Digest(cf.RootFS.DiffIDs[i].String()), Size: l.Size, MediaType: string(l.MediaType)},
 			History: v1.History{CreatedBy: "RUN step"}}
-		if err := idx.Put(key, parent, "test", "RUN step", nil, rec); err != nil {
+		if err := idx.Put(key, "test", in, rec); err != nil {
 			t.Fatal(err)
 		}
 		f.keys = append(f.keys, key)
 		parent = key
 	}
-	key := cache.Key(parent, "ENV A=1")
-	if err := idx.Put(key, parent, "test", "ENV A=1", nil, &cache.Record{Config: v1.Config{Env: []string{"A=1"}}}); err != nil {
+	in := &cache.Inputs{Parent: parent, Instruction: "ENV A=1"}
+	key := in.Key()
+	if err := idx.Put(key, "test", in, &cache.Record{Config: v1.Config{Env: []string{"A=1"}}}); err != nil {
 		t.Fatal(err)
 	}
 	f.keys = append(f.keys, key)

@@ -160,27 +160,33 @@ func runBuild(ctx context.Context, b *buildOptions, contextDir string) error {
 	}
 
 	res, err := executor.Build(ctx, executor.Options{
-		Store:          st,
-		Snapshots:      snaps,
-		Cache:          idx,
-		ContextDir:     contextDir,
-		StateDir:       filepath.Join(b.global.root, "buildctx"),
-		Dockerfile:     dockerfile,
-		DockerfileName: dfName,
-		BuildArgs:      buildArgs,
-		Target:         b.target,
-		NoCache:        b.noCache,
-		Pull:           b.pull,
-		Labels:         labels,
-		Epoch:          epoch,
-		Insecure:       b.insecure,
-		Progress:       prog.Event,
-		Secrets:        secrets,
-		Network:        b.network,
-		Jobs:           b.jobs,
-		CacheFrom: importCaches(ctx, st, cacheFrom, registry.Options{Insecure: b.insecure}, func(w string) {
-			prog.Event(executor.Event{Kind: executor.KindWarning, Line: w})
-		}),
+		Services: executor.Services{
+			Store:     st,
+			Snapshots: snaps,
+			Cache:     idx,
+			StateDir:  filepath.Join(b.global.root, "buildctx"),
+			Progress:  prog.Event,
+			CacheFrom: importCaches(ctx, st, cacheFrom, registry.Options{Insecure: b.insecure}, func(w string) {
+				prog.Event(executor.Event{Kind: executor.KindWarning, Line: w})
+			}),
+		},
+		Input: executor.Input{
+			ContextDir:     contextDir,
+			Dockerfile:     dockerfile,
+			DockerfileName: dfName,
+			BuildArgs:      buildArgs,
+			Target:         b.target,
+			Labels:         labels,
+			Secrets:        secrets,
+		},
+		Policy: executor.Policy{
+			NoCache:  b.noCache,
+			Pull:     b.pull,
+			Epoch:    epoch,
+			Insecure: b.insecure,
+			Network:  b.network,
+			Jobs:     b.jobs,
+		},
 	})
 	if err != nil {
 		prog.Close()

@@ -1,0 +1,59 @@
+package executor
+
+import (
+	"context"
+	"time"
+
+	"github.com/minibuild/minibuild/cache"
+	"github.com/minibuild/minibuild/layer"
+	"github.com/minibuild/minibuild/snapshot"
+)
+
+// writeLayer writes the step's layer into the store: the blob is
+// committed, whole and verified, before any record names it.
+func (s *step) writeLayer(ctx context.Context, fill func(*layer.Writer) error) (*cache.Layer, error) {
+	opts := s.run.b.opts
+	bw, err := opts.Store.NewBlobWriter()
+	if err != nil {
+		return nil, err
+	}
+	defer bw.Abort()
+	lopts := layer.Options{Epoch: opts.Epoch}
+	var ingest *snapshot.Ingest
+	if s.feedsRootfs {
+		// Extract the layer as it is written: a later step needs it as a
+		// lower dir, and reading the blob back means decompressing it.
+		if ingest, err = opts.Snapshots.NewIngest(ctx); err != nil {
+			return nil, err
+		}
+		defer ingest.Abort()
+		lopts.Tee = ingest
+	}
+	w := layer.NewWriter(bw, lopts)
+	if err := fill(w); err != nil {
+		return nil, err
+	}
+	desc, err := w.Close()
+	if err != nil {
+		return nil, err
+	}
+	if err := bw.Commit(desc.Digest); err != nil {
+		return nil, err
+	}
+	if ingest != nil {
+		if err := ingest.Commit(ctx, desc.DiffID); err != nil {
+			// Only an optimization: the layer is extracted from its blob when needed.
+			s.run.b.warn(err.Error())
+		}
+	}
+	return &cache.Layer{Digest: desc.Digest, DiffID: desc.DiffID, Size: desc.Size, MediaType: layer.MediaType}, nil
+}
+
+// layerTime is the mtime of entries minibuild itself creates: the epoch
+// when set, else the Unix epoch, so such layers are deterministic anyway.
+func (s *step) layerTime() time.Time {
+	if e := s.run.b.opts.Epoch; e != nil {
+		return *e
+	}
+	return time.Unix(0, 0)
+}

@@ -1,0 +1,90 @@
+package executor
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"io/fs"
+	"path"
+	"strings"
+
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+
+	"github.com/minibuild/minibuild/cache"
+	"github.com/minibuild/minibuild/layer"
+)
+
+// workdirOp sets the working dir and, when the image lacks it, creates it
+// in a small layer (as BuildKit does). Its key names the resolved
+// absolute path, so "WORKDIR b" after "WORKDIR /a" keys as "/a/b".
+type workdirOp struct {
+	s   *step
+	dir string
+}
+
+func newWorkdirOp(s *step, c *instructions.WorkdirCommand) *workdirOp {
+	dir := c.Path
+	if !path.IsAbs(dir) {
+		base := s.run.state.config.Config.WorkingDir
+		if base == "" {
+			base = "/"
+		}
+		dir = path.Join(base, dir)
+	}
+	return &workdirOp{s: s, dir: path.Clean(dir)}
+}
+
+func (o *workdirOp) inputs(in *cache.Inputs) { in.Instruction = "WORKDIR " + o.dir }
+func (o *workdirOp) release()                {}
+
+func (o *workdirOp) execute(ctx context.Context) (*cache.Record, error) {
+	s := o.s
+	next := s.config()
+	next.WorkingDir = o.dir
+	missing, err := o.missingDirs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(missing) == 0 {
+		return &cache.Record{Config: next, History: s.history("", true)}, nil
+	}
+	// As BuildKit, the dirs belong to the USER in effect.
+	var owner identity
+	if user := s.run.state.config.Config.User; user != "" {
+		if owner, err = resolveUser(s.run.imageFiles(ctx), user); err != nil {
+			return nil, err
+		}
+	}
+	l, err := s.writeLayer(ctx, func(w *layer.Writer) error {
+		for _, d := range missing {
+			hdr := &tar.Header{Typeflag: tar.TypeDir, Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o755, ModTime: s.layerTime(),
+				Uid: int(owner.UID), Gid: int(owner.GID)}
+			if err := w.Add(hdr, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &cache.Record{Layer: l, Config: next, History: s.history("", false)}, nil
+}
+
+// missingDirs lists the dir and its parents that the image lacks, top
+// first.
+func (o *workdirOp) missingDirs(ctx context.Context) ([]string, error) {
+	r := o.s.run
+	var missing []string
+	for d := o.dir; d != "/"; d = path.Dir(d) {
+		_, err := r.b.opts.Snapshots.Stat(ctx, r.state.snapshotLayers(), d)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		missing = append([]string{d}, missing...)
+	}
+	return missing, nil
+}
