@@ -28,6 +28,8 @@ func TestLoadSecrets(t *testing.T) {
 		{spec: "id=d,src=" + filepath.Join(dir, "missing"), err: "id=d: read"},
 		{spec: "id=e,bogus=1", err: "unknown key"},
 		{spec: "justtext", err: "want id=ID"},
+		{spec: "type=env", err: "no id"},
+		{spec: "id=f,src=" + dir, err: "is a directory"}, // the OS error alone, never content
 	} {
 		got, err := loadSecrets([]string{tc.spec}, lookup)
 		if tc.err != "" {
