@@ -13,12 +13,10 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
-	"github.com/minibuild/minibuild/archive"
 	"github.com/minibuild/minibuild/cache"
 	"github.com/minibuild/minibuild/executor"
-	"github.com/minibuild/minibuild/output"
+	"github.com/minibuild/minibuild/export"
 	"github.com/minibuild/minibuild/parser"
-	"github.com/minibuild/minibuild/registry"
 	"github.com/minibuild/minibuild/snapshot"
 	"github.com/minibuild/minibuild/store"
 )
@@ -69,6 +67,20 @@ func addBuildFlags(cmd *cobra.Command, b *buildOptions) {
 	f.StringVar(&b.snapshotter, "snapshotter", "auto", "how RUN sees its rootfs: overlay, copy, or auto (overlay, copying where it cannot mount)")
 }
 
+// remoteOptions are the build's registry flags.
+type remoteOptions struct {
+	push      bool
+	cacheFrom []string
+	cacheTo   []string
+}
+
+func addRemoteFlags(cmd *cobra.Command, r *remoteOptions) {
+	f := cmd.Flags()
+	f.BoolVar(&r.push, "push", false, "push the image to the registry of each -t tag")
+	f.StringArrayVar(&r.cacheFrom, "cache-from", nil, "import cache: type=registry,ref=REF | type=local,src=DIR | REF (an image with inline records); repeatable")
+	f.StringArrayVar(&r.cacheTo, "cache-to", nil, "export cache: type=registry,ref=REF[,mode=min|max] | type=local,dest=DIR[,mode=…] | type=inline")
+}
+
 func newBuildCommand(g *globalOptions) *cobra.Command {
 	b := &buildOptions{global: g}
 	cmd := &cobra.Command{
@@ -83,93 +95,100 @@ func newBuildCommand(g *globalOptions) *cobra.Command {
 	return cmd
 }
 
+// runBuild is the build command: flags → options → export.Build → exit
+// code. Progress is closed in one place, whatever happens.
 func runBuild(ctx context.Context, b *buildOptions, contextDir string) error {
 	start := time.Now()
-	if b.platform != "" && b.platform != "linux/amd64" {
-		return fmt.Errorf("--platform %s: only linux/amd64 is supported", b.platform)
-	}
-	outs, err := output.ParseAll(b.outputs)
+	prog, err := newProgress(b.progressMode(), os.Stderr)
 	if err != nil {
 		return err
 	}
-	if (b.remote.push || hasRegistryOutput(outs)) && len(pushTargets(b.remote.push, b.tags, outs)) == 0 {
-		return fmt.Errorf("nothing to push to: give a -t NAME:TAG or -o type=registry,name=REF")
+	res, err := b.run(ctx, contextDir, prog)
+	if err == nil {
+		prog.Result(res, b.tags, time.Since(start))
 	}
+	prog.Close()
+	if err != nil {
+		return err
+	}
+	if b.progressMode() == "quiet" {
+		fmt.Println(res.ID.String())
+	}
+	return nil
+}
+
+// progressMode is --progress, or quiet with -q.
+func (b *buildOptions) progressMode() string {
+	if b.quiet {
+		return "quiet"
+	}
+	return b.progress
+}
+
+// run checks every flag, opens the store and builds under the export plan.
+func (b *buildOptions) run(ctx context.Context, contextDir string, prog progress) (*executor.Result, error) {
+	if b.platform != "" && b.platform != "linux/amd64" {
+		return nil, fmt.Errorf("--platform %s: only linux/amd64 is supported", b.platform)
+	}
+	blobs, err := newBlobProgress(b.progressMode(), os.Stderr)
+	if err != nil {
+		return nil, err
+	}
+	plan, err := export.NewPlan(export.Request{
+		Tags:      b.tags,
+		Outputs:   b.outputs,
+		Push:      b.remote.push,
+		CacheFrom: b.remote.cacheFrom,
+		CacheTo:   b.remote.cacheTo,
+		IIDFile:   b.iidfile,
+		Registry:  export.Registry{Insecure: b.insecure, Progress: blobs.event},
+	})
+	if err != nil {
+		return nil, err
+	}
+	opts, err := b.executorOptions(contextDir)
+	if err != nil {
+		return nil, err
+	}
+	opts.Progress = prog.Event
+	if err := openStores(b.global.root, b.snapshotter, &opts); err != nil {
+		return nil, err
+	}
+	return export.Build(ctx, opts, plan)
+}
+
+// executorOptions turns the build's input flags into executor.Options,
+// without the stores (openStores) and progress.
+func (b *buildOptions) executorOptions(contextDir string) (executor.Options, error) {
+	var opts executor.Options
 	if fi, err := os.Stat(contextDir); err != nil || !fi.IsDir() {
-		return fmt.Errorf("context %s: not a directory", contextDir)
+		return opts, fmt.Errorf("context %s: not a directory", contextDir)
 	}
 	if abs, err := filepath.Abs(contextDir); err == nil {
 		contextDir = abs
 	}
 	dockerfile, dfName, err := readDockerfile(b.file, contextDir)
 	if err != nil {
-		return err
+		return opts, err
 	}
 	buildArgs, err := parser.ParseBuildArgs(b.buildArgs, os.LookupEnv)
 	if err != nil {
-		return err
+		return opts, err
 	}
 	labels, err := keyValues(b.labels, "--label")
 	if err != nil {
-		return err
+		return opts, err
 	}
 	epoch, err := sourceDateEpoch()
 	if err != nil {
-		return err
+		return opts, err
 	}
-	for _, t := range b.tags {
-		if _, err := store.NormalizeTag(t); err != nil {
-			return err
-		}
-	}
-	cacheFrom, cacheTo, err := b.remote.parsed(b.tags, outs)
+	secrets, err := loadSecrets(b.secrets, os.LookupEnv)
 	if err != nil {
-		return err
+		return opts, err
 	}
-
-	mode := b.progress
-	if b.quiet {
-		mode = "quiet"
-	}
-	prog, err := newProgress(mode, os.Stderr)
-	if err != nil {
-		return err
-	}
-
-	st, err := store.Open(b.global.root)
-	if err != nil {
-		return err
-	}
-	snaps, err := snapshot.New(b.global.root, st)
-	if err != nil {
-		return err
-	}
-	kind, err := snapshot.ParseKind(b.snapshotter)
-	if err != nil {
-		return err
-	}
-	snaps.SetKind(kind)
-	secrets, err := executor.LoadSecrets(b.secrets, os.LookupEnv)
-	if err != nil {
-		return err
-	}
-	_ = snaps.Cleanup()
-	idx, err := cache.OpenIndex(filepath.Join(b.global.root, "cache"))
-	if err != nil {
-		return err
-	}
-
-	res, err := executor.Build(ctx, executor.Options{
-		Services: executor.Services{
-			Store:     st,
-			Snapshots: snaps,
-			Cache:     idx,
-			StateDir:  filepath.Join(b.global.root, "buildctx"),
-			Progress:  prog.Event,
-			CacheFrom: importCaches(ctx, st, cacheFrom, registry.Options{Insecure: b.insecure}, func(w string) {
-				prog.Event(executor.Event{Kind: executor.KindWarning, Line: w})
-			}),
-		},
+	return executor.Options{
+		Services: executor.Services{StateDir: filepath.Join(b.global.root, "buildctx")},
 		Input: executor.Input{
 			ContextDir:     contextDir,
 			Dockerfile:     dockerfile,
@@ -187,40 +206,32 @@ func runBuild(ctx context.Context, b *buildOptions, contextDir string) error {
 			Network:  b.network,
 			Jobs:     b.jobs,
 		},
-	})
+	}, nil
+}
+
+// openStores opens what a build reads and writes under root: the content
+// store, the snapshotter (of the --snapshotter kind, cleaned of what a
+// killed build left) and the cache index.
+func openStores(root, snapshotter string, opts *executor.Options) error {
+	kind, err := snapshot.ParseKind(snapshotter)
 	if err != nil {
-		prog.Close()
 		return err
 	}
-	blobs, _ := newBlobProgress(mode, os.Stderr)
-	if err := finishRemote(ctx, st, idx, res, pushTargets(b.remote.push, b.tags, outs), cacheTo,
-		registry.Options{Insecure: b.insecure, Progress: blobs.event}); err != nil {
-		prog.Close()
+	st, err := store.Open(root)
+	if err != nil {
 		return err
 	}
-	for _, t := range b.tags {
-		if err := st.Tag(t, res.Digest); err != nil {
-			prog.Close()
-			return err
-		}
+	snaps, err := snapshot.New(root, st)
+	if err != nil {
+		return err
 	}
-	for _, o := range outs {
-		if err := o.Write(ctx, []archive.Named{{Image: res.Image, Tags: b.tags}}); err != nil {
-			prog.Close()
-			return err
-		}
+	snaps.SetKind(kind)
+	_ = snaps.Cleanup()
+	idx, err := cache.OpenIndex(filepath.Join(root, "cache"))
+	if err != nil {
+		return err
 	}
-	if b.iidfile != "" {
-		if err := os.WriteFile(b.iidfile, []byte(res.ID.String()), 0o644); err != nil {
-			prog.Close()
-			return err
-		}
-	}
-	prog.Result(res, b.tags, time.Since(start))
-	prog.Close()
-	if mode == "quiet" {
-		fmt.Println(res.ID.String())
-	}
+	opts.Store, opts.Snapshots, opts.Cache = st, snaps, idx
 	return nil
 }
 
@@ -255,13 +266,14 @@ func sourceDateEpoch() (*time.Time, error) {
 	return &t, nil
 }
 
+// keyValues parses repeated K=V flags (--label); "K" alone is K="".
 func keyValues(list []string, flag string) (map[string]string, error) {
 	if len(list) == 0 {
 		return nil, nil
 	}
 	m := map[string]string{}
 	for _, kv := range list {
-		k, v, _ := strings.Cut(kv, "=") // "K" alone is K="", as docker
+		k, v, _ := strings.Cut(kv, "=") // as docker
 		if k == "" {
 			return nil, fmt.Errorf("%s %q: want KEY=VALUE", flag, kv)
 		}

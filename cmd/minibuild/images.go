@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -14,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/minibuild/minibuild/archive"
+	"github.com/minibuild/minibuild/export"
 	"github.com/minibuild/minibuild/store"
 )
 
@@ -240,19 +239,7 @@ func newSaveCommand(g *globalOptions) *cobra.Command {
 				}
 				named = append(named, n)
 			}
-			tmp, err := os.CreateTemp(filepath.Dir(out), ".minibuild-save-*")
-			if err != nil {
-				return err
-			}
-			defer os.Remove(tmp.Name())
-			if err := archive.WriteDocker(tmp, named); err != nil {
-				tmp.Close()
-				return err
-			}
-			if err := tmp.Close(); err != nil {
-				return err
-			}
-			return os.Rename(tmp.Name(), out)
+			return export.Save(out, named)
 		},
 	}
 	cmd.Flags().StringVarP(&out, "output", "o", "", "file to write")

@@ -11,7 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
-	"github.com/minibuild/minibuild/registry"
+	"github.com/minibuild/minibuild/export"
 )
 
 func newLoginCommand() *cobra.Command {
@@ -54,7 +54,7 @@ func newLoginCommand() *cobra.Command {
 				}
 				password = string(b)
 			}
-			addr, err := registry.Login(cmd.Context(), server, registry.Credentials{Username: user, Password: password}, "", registry.Options{Insecure: insecure})
+			addr, err := export.Registry{Insecure: insecure}.Login(cmd.Context(), server, user, password)
 			if err != nil {
 				return err
 			}
@@ -79,7 +79,7 @@ func newLogoutCommand() *cobra.Command {
 			if len(args) == 1 {
 				server = args[0]
 			}
-			addr, err := registry.Logout(server, "")
+			addr, err := export.Logout(server)
 			if err != nil {
 				return err
 			}

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/minibuild/minibuild/executor"
+	"github.com/minibuild/minibuild/export"
 )
 
 // progress renders build events; every mode ends with Result.
@@ -323,3 +324,43 @@ type quietProgress struct{}
 func (quietProgress) Event(executor.Event)                             {}
 func (quietProgress) Result(*executor.Result, []string, time.Duration) {}
 func (quietProgress) Close()                                           {}
+
+// blobProgress prints registry blob events: "a1b2c3d4e5f6: pushed", or one
+// {"event":"blob",…} object per line.
+type blobProgress struct {
+	mu   sync.Mutex
+	w    io.Writer
+	json bool
+}
+
+func newBlobProgress(mode string, w io.Writer) (*blobProgress, error) {
+	switch mode {
+	case "", "auto", "plain", "tty":
+		return &blobProgress{w: w}, nil
+	case "json", "rawjson":
+		return &blobProgress{w: w, json: true}, nil
+	case "quiet":
+		return &blobProgress{w: io.Discard}, nil
+	}
+	return nil, fmt.Errorf("--progress=%s: want plain, json or quiet", mode)
+}
+
+// blobWords are docker's words for the registry statuses.
+var blobWords = map[string]string{
+	export.StatusExists:      "already exists",
+	export.StatusDownloading: "pulling",
+	export.StatusDone:        "pull complete",
+	export.StatusPushing:     "pushing",
+	export.StatusPushed:      "pushed",
+	export.StatusMounted:     "mounted",
+}
+
+func (p *blobProgress) event(e export.BlobEvent) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.json {
+		json.NewEncoder(p.w).Encode(map[string]any{"event": "blob", "ref": e.Ref, "digest": e.Digest, "status": e.Status, "size": e.Size})
+		return
+	}
+	fmt.Fprintf(p.w, "%s: %s\n", shortKey(e.Digest), blobWords[e.Status])
+}

@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/minibuild/minibuild/registry"
+	"github.com/minibuild/minibuild/export"
 	"github.com/minibuild/minibuild/store"
 )
 
@@ -30,7 +30,7 @@ fetches only what is still missing.`,
 			if err != nil {
 				return err
 			}
-			img, md, err := registry.Pull(cmd.Context(), st, args[0], registry.Options{Insecure: insecure, Progress: bp.event})
+			img, md, err := export.Registry{Insecure: insecure, Progress: bp.event}.Pull(cmd.Context(), st, args[0])
 			if err != nil {
 				return err
 			}

@@ -1,58 +1,127 @@
 // Package atomicfile replaces files whole or not at all (DESIGN.md
 // invariant 4): a reader sees the old content or the new, never a torn
 // write, and a crash leaves at most a temp file behind.
+//
+// The lifecycle is containerd's content writer's: Create a temp file
+// beside the destination, Write to it, then Commit (fsync, rename, fsync
+// of the directory) or Abort (remove). WriteFile and Write do all of it
+// for content at hand.
 package atomicfile
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 )
 
-// WriteFile replaces path with data: temp file beside it, fsync, chmod,
-// rename, fsync of the directory.
+// File is a replacement for a path in the making; nothing is at the path
+// until Commit.
+type File struct {
+	f    *os.File
+	path string
+	done bool
+}
+
+// Create starts replacing path. The temp file is created beside path with
+// perm less the umask, as os.OpenFile creates a new file (not
+// os.CreateTemp's 0600), and keeps that mode when it is renamed.
+func Create(path string, perm os.FileMode) (*File, error) {
+	f, err := createTemp(path, perm)
+	if err != nil {
+		return nil, fmt.Errorf("write %s: %w", path, err)
+	}
+	return &File{f: f, path: path}, nil
+}
+
+// createTemp opens a new, uniquely named file beside path.
+func createTemp(path string, perm os.FileMode) (*os.File, error) {
+	prefix := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
+	for i := 0; ; i++ {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, err
+		}
+		f, err := os.OpenFile(prefix+hex.EncodeToString(b[:]), os.O_RDWR|os.O_CREATE|os.O_EXCL, perm)
+		if errors.Is(err, fs.ErrExist) && i < 100 {
+			continue
+		}
+		return f, err
+	}
+}
+
+// Write writes to the temp file.
+func (f *File) Write(p []byte) (int, error) { return f.f.Write(p) }
+
+// Chmod sets the mode the file will have exactly, umask or not.
+func (f *File) Chmod(perm os.FileMode) error { return f.f.Chmod(perm) }
+
+// Commit puts the content at the path: fsync, rename over whatever was
+// there, fsync of the directory. On error nothing has replaced the path
+// and the temp file is gone.
+func (f *File) Commit() error {
+	if err := f.commit(); err != nil {
+		f.Abort()
+		return fmt.Errorf("write %s: %w", f.path, err)
+	}
+	return nil
+}
+
+func (f *File) commit() error {
+	if f.done {
+		return errors.New("already committed or aborted")
+	}
+	if err := f.f.Sync(); err != nil {
+		return err
+	}
+	if err := f.f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.f.Name(), f.path); err != nil {
+		return err
+	}
+	f.done = true
+	d, err := os.Open(filepath.Dir(f.path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// Abort removes the temp file. It is safe after Commit (it does nothing
+// then) and more than once, so `defer f.Abort()` is the usual pattern.
+func (f *File) Abort() {
+	if f.done {
+		return
+	}
+	f.done = true
+	f.f.Close()
+	os.Remove(f.f.Name())
+}
+
+// WriteFile replaces path with data, giving it exactly perm.
 func WriteFile(path string, data []byte, perm os.FileMode) error {
 	return Write(path, bytes.NewReader(data), perm)
 }
 
 // Write is WriteFile for a stream.
 func Write(path string, r io.Reader, perm os.FileMode) error {
-	if err := write(path, r, perm); err != nil {
+	f, err := Create(path, perm)
+	if err != nil {
+		return err
+	}
+	defer f.Abort()
+	if _, err := io.Copy(f, r); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	return nil
-}
-
-func write(path string, r io.Reader, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
+	if err := f.Chmod(perm); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
 	}
-	defer os.Remove(f.Name())
-	if _, err := io.Copy(f, r); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Chmod(f.Name(), perm); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return f.Commit()
 }

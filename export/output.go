@@ -1,15 +1,9 @@
-// Package output writes a built image where -o/--output asks: an OCI
-// layout tar, a docker-archive tar, or the flattened rootfs in a
-// directory. The local store is written by the build itself.
-package output
+package export
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"errors"
 	"fmt"
-	"io/fs"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,22 +11,24 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
 	"github.com/minibuild/minibuild/archive"
+	"github.com/minibuild/minibuild/internal/atomicfile"
 	"github.com/minibuild/minibuild/snapshot"
 )
 
-// Output is one parsed --output.
+// Output is one parsed -o/--output: where a built image is written
+// besides the local store.
 type Output struct {
 	Type string // oci, docker, local or registry
 	Dest string
 	Name string // type=registry: where to push (comma-separated refs; default the -t tags)
 }
 
-// ParseAll parses buildx-style specs: "type=oci,dest=F.tar", or a bare
+// ParseOutputs parses buildx-style specs: "type=oci,dest=F.tar", or a bare
 // path meaning type=local.
-func ParseAll(specs []string) ([]Output, error) {
+func ParseOutputs(specs []string) ([]Output, error) {
 	var outs []Output
 	for _, spec := range specs {
-		o, err := Parse(spec)
+		o, err := ParseOutput(spec)
 		if err != nil {
 			return nil, err
 		}
@@ -41,8 +37,8 @@ func ParseAll(specs []string) ([]Output, error) {
 	return outs, nil
 }
 
-// Parse parses one --output spec.
-func Parse(spec string) (Output, error) {
+// ParseOutput parses one --output spec.
+func ParseOutput(spec string) (Output, error) {
 	if !strings.Contains(spec, "=") {
 		return Output{Type: "local", Dest: spec}, nil
 	}
@@ -65,7 +61,7 @@ func Parse(spec string) (Output, error) {
 	switch o.Type {
 	case "oci", "docker", "local":
 	case "registry", "image":
-		o.Type = "registry" // the build command pushes it
+		o.Type = "registry" // pushed by Finish, which has the store
 		return o, nil
 	default:
 		return o, fmt.Errorf("--output %q: type must be oci, docker, local or registry", spec)
@@ -76,12 +72,13 @@ func Parse(spec string) (Output, error) {
 	return o, nil
 }
 
-// Write writes imgs (one for a build) to the output.
+// Write writes imgs (one for a build) to the output. type=registry is a
+// no-op here: Finish pushes it.
 func (o Output) Write(ctx context.Context, imgs []archive.Named) error {
-	if o.Type == "registry" {
-		return nil // pushed by the build command, which has the store
-	}
-	if o.Type == "local" {
+	switch o.Type {
+	case "registry":
+		return nil
+	case "local":
 		if len(imgs) != 1 {
 			return fmt.Errorf("type=local writes exactly one image")
 		}
@@ -90,42 +87,34 @@ func (o Output) Write(ctx context.Context, imgs []archive.Named) error {
 	if err := os.MkdirAll(filepath.Dir(o.Dest), 0o755); err != nil {
 		return err
 	}
-	tmp, err := createTemp(filepath.Dir(o.Dest))
+	write := archive.WriteDocker
+	if o.Type == "oci" {
+		write = archive.WriteOCI
+	}
+	if err := writeTar(o.Dest, write, imgs); err != nil {
+		return fmt.Errorf("write %s output %s: %w", o.Type, o.Dest, err)
+	}
+	return nil
+}
+
+// Save writes imgs as one docker-archive tar at path (minibuild save),
+// readable by docker load.
+func Save(path string, imgs []archive.Named) error {
+	return writeTar(path, archive.WriteDocker, imgs)
+}
+
+// writeTar writes an image tarball whole or not at all. The file gets the
+// mode of any new file (0666 less the umask), as buildx's outputs do.
+func writeTar(path string, write func(io.Writer, []archive.Named) error, imgs []archive.Named) error {
+	f, err := atomicfile.Create(path, 0o666)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
-	if o.Type == "oci" {
-		err = archive.WriteOCI(tmp, imgs)
-	} else {
-		err = archive.WriteDocker(tmp, imgs)
+	defer f.Abort()
+	if err := write(f, imgs); err != nil {
+		return err
 	}
-	if err == nil {
-		err = tmp.Close()
-	} else {
-		tmp.Close()
-	}
-	if err != nil {
-		return fmt.Errorf("write %s output %s: %w", o.Type, o.Dest, err)
-	}
-	return os.Rename(tmp.Name(), o.Dest)
-}
-
-// createTemp is os.CreateTemp with the mode of a new file (0666 less the
-// umask), not 0600: the temp file is renamed into dest, and docker's
-// output files are readable as any file the user creates.
-func createTemp(dir string) (*os.File, error) {
-	for i := 0; ; i++ {
-		var b [8]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			return nil, err
-		}
-		f, err := os.OpenFile(filepath.Join(dir, ".minibuild-out-"+hex.EncodeToString(b[:])), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o666)
-		if errors.Is(err, fs.ErrExist) && i < 100 {
-			continue
-		}
-		return f, err
-	}
+	return f.Commit()
 }
 
 // writeRootfs flattens the image's layers into dir, resolving every path
