@@ -81,11 +81,11 @@ func (s *step) copyRequest(ctx context.Context, spec copySpec) (copier.Request, 
 		req.Checksum = d
 	}
 	if spec.chown != "" {
-		id, err := resolveUser(r.imageFiles(ctx), spec.chown)
+		uid, gid, err := resolveOwner(r.imageFiles(ctx), spec.chown)
 		if err != nil {
 			return req, fmt.Errorf("--chown=%s: %w", spec.chown, err)
 		}
-		req.Chown = &copier.Owner{UID: int(id.UID), GID: int(id.GID)}
+		req.Chown = &copier.Owner{UID: uid, GID: gid}
 	}
 	if spec.chmod != "" {
 		m, err := strconv.ParseUint(spec.chmod, 8, 32)

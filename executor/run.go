@@ -192,12 +192,12 @@ func (s *step) executeRun(ctx context.Context, c *instructions.RunCommand, mount
 	}
 	spec := sandbox.Spec{
 		Args:      s.runArgs(c),
-		Env:       append(s.run.scope.RunEnv(), ms.env...),
+		Env:       runEnv(append(s.run.scope.RunEnv(), ms.env...), id),
 		Cwd:       cwd,
 		UID:       id.UID,
 		GID:       id.GID,
 		ExtraGIDs: id.Groups,
-		Hostname:  "minibuild",
+		Hostname:  runHostname,
 		Mounts:    ms.mounts,
 		Network:   network,
 		Stdout:    out,
@@ -245,6 +245,21 @@ func (s *step) executeRun(ctx context.Context, c *instructions.RunCommand, mount
 		return &cache.Record{Config: s.config(), History: s.history(createdBy, true)}, nil
 	}
 	return &cache.Record{Layer: l, Config: s.config(), History: s.history(createdBy, false)}, nil
+}
+
+// runHostname is a RUN's hostname, and its HOSTNAME unless the image sets one.
+const runHostname = "minibuild"
+
+// runEnv completes a RUN's environment as runc and docker do, without
+// touching the image config: PATH when the image sets none, HOME from the
+// user's passwd entry (runc's setupUser; "/" without one), HOSTNAME.
+func runEnv(env []string, id identity) []string {
+	for _, kv := range [][2]string{{"PATH", defaultPath}, {"HOME", id.Home}, {"HOSTNAME", runHostname}} {
+		if v, ok := lookupEnv(env, kv[0]); !ok || (kv[0] == "HOME" && v == "") {
+			env = setEnv(env, kv[0], kv[1]) // an empty HOME is no HOME to runc
+		}
+	}
+	return env
 }
 
 // RunError is a RUN whose command exited non-zero.

@@ -15,6 +15,9 @@ import (
 type identity struct {
 	UID, GID uint32
 	Groups   []uint32
+	// Home is the passwd entry's home dir, "/" without an entry: a RUN's
+	// HOME when the image sets none (runc's defaultExecUser).
+	Home string
 }
 
 // fileReader reads a file of the image's rootfs.
@@ -34,7 +37,7 @@ func resolveUser(read fileReader, spec string) (identity, error) {
 		spec = "root"
 	}
 	userPart, groupPart, hasGroup := strings.Cut(spec, ":")
-	var id identity
+	id := identity{Home: "/"}
 	var userName string
 	passwd, err := readDB(read, "/etc/passwd")
 	if err != nil {
@@ -47,6 +50,7 @@ func resolveUser(read fileReader, spec string) (identity, error) {
 				userName = e[0]
 				g, _ := strconv.ParseUint(e[3], 10, 32)
 				id.GID = uint32(g)
+				id.Home = homeOf(e)
 				break
 			}
 		}
@@ -60,6 +64,7 @@ func resolveUser(read fileReader, spec string) (identity, error) {
 					return id, fmt.Errorf("invalid /etc/passwd entry for user %s", userPart)
 				}
 				id.UID, id.GID, userName, found = uint32(u), uint32(g), e[0], true
+				id.Home = homeOf(e)
 				break
 			}
 		}
@@ -93,6 +98,41 @@ func resolveUser(read fileReader, spec string) (identity, error) {
 	return id, nil
 }
 
+// homeOf is a passwd entry's home dir; "/" when it has none.
+func homeOf(entry []string) string {
+	if entry[5] == "" {
+		return "/"
+	}
+	return entry[5]
+}
+
+// resolveOwner resolves a COPY/ADD --chown value as BuildKit does
+// (solver/llbsolver/ops/file.go, readUser): a numeric user is that uid
+// and, without a group, the same number as gid, passwd or not; a user
+// name takes its passwd entry's uid and primary gid; a group, numeric or
+// a name in /etc/group, replaces the gid.
+func resolveOwner(read fileReader, spec string) (uid, gid int, err error) {
+	userPart, groupPart, hasGroup := strings.Cut(spec, ":")
+	if n, err := strconv.ParseUint(userPart, 10, 32); err == nil {
+		uid, gid = int(n), int(n)
+	} else {
+		id, err := resolveUser(read, userPart)
+		if err != nil {
+			return 0, 0, err
+		}
+		uid, gid = int(id.UID), int(id.GID)
+	}
+	if !hasGroup {
+		return uid, gid, nil
+	}
+	groups, err := readDB(read, "/etc/group")
+	if err != nil {
+		return 0, 0, err
+	}
+	g, err := resolveGroup(groups, groupPart)
+	return uid, int(g), err
+}
+
 func resolveGroup(groups [][]string, name string) (uint32, error) {
 	if n, err := strconv.ParseUint(name, 10, 32); err == nil {
 		return uint32(n), nil
@@ -110,7 +150,7 @@ func resolveGroup(groups [][]string, name string) (uint32, error) {
 }
 
 // readDB reads a colon-separated database file; a missing file is empty.
-// Each row has at least four fields.
+// Each row has at least seven fields (passwd has seven, group four).
 func readDB(read fileReader, path string) ([][]string, error) {
 	b, err := read(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -127,7 +167,7 @@ func readDB(read fileReader, path string) ([][]string, error) {
 			continue
 		}
 		f := strings.Split(line, ":")
-		for len(f) < 4 {
+		for len(f) < 7 {
 			f = append(f, "")
 		}
 		rows = append(rows, f)

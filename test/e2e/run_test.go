@@ -168,3 +168,42 @@ func TestRepeatedEmptyLayers(t *testing.T) {
 		}
 	}
 }
+
+// RUN's environment is completed as runc completes a container's: HOME
+// from the user's passwd entry ("/" without one), HOSTNAME; the image
+// config gains neither. COPY --chown=UID alone uses UID as the gid too,
+// and a name its passwd entry's uid and primary gid (BuildKit readUser).
+func TestRunHomeAndChownDefaults(t *testing.T) {
+	e := newEnv(t)
+	ctx := project(t, `FROM busybox
+RUN echo "home=$HOME host=$HOSTNAME" > /root.txt
+USER app
+RUN echo "home=$HOME" > /tmp/app.txt
+USER 4242
+RUN echo "home=$HOME" > /tmp/nobody.txt
+USER root
+COPY --chown=4242 f.txt /uid-only
+COPY --chown=app f.txt /by-name
+COPY --chown=1000:0 f.txt /uid-gid
+`, map[string]string{"f.txt": "x\n"})
+	out := filepath.Join(t.TempDir(), "rootfs")
+	e.build(ctx, nil, "-t", "runenv:1", "-o", "type=local,dest="+out)
+	for file, want := range map[string]string{"root.txt": "home=/root host=minibuild", "tmp/app.txt": "home=/home/app", "tmp/nobody.txt": "home=/"} {
+		if got := strings.TrimSpace(readFile(t, filepath.Join(out, file))); got != want {
+			t.Errorf("/%s: %q, want %q", file, got, want)
+		}
+	}
+	for file, want := range map[string][2]uint32{"uid-only": {4242, 4242}, "by-name": {1000, 1000}, "uid-gid": {1000, 0}} {
+		info, err := os.Stat(filepath.Join(out, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := info.Sys().(*syscall.Stat_t); st.Uid != want[0] || st.Gid != want[1] {
+			t.Errorf("/%s is owned by %d:%d, want %d:%d", file, st.Uid, st.Gid, want[0], want[1])
+		}
+	}
+	cfg := imageConfig(t, decodeJSON(t, "inspect", e.ok("inspect", "runenv:1").stdout))
+	if env := strings.Join(strs(field(cfg, "Env")), "\n"); strings.Contains(env, "HOME") || strings.Contains(env, "HOSTNAME") {
+		t.Errorf("RUN's defaults reached the config Env:\n%s", env)
+	}
+}
