@@ -238,3 +238,24 @@ func TestErrorNamesLineAndKeepsCache(t *testing.T) {
 		t.Errorf("after a failed build: %s, want the steps before the failure cached", got)
 	}
 }
+
+// TestOnbuildFromStage checks that a stage built FROM another stage runs
+// that stage's ONBUILD instructions first and starts without them in its
+// config, as BuildKit does.
+func TestOnbuildFromStage(t *testing.T) {
+	h := newHarness(t)
+	res, statuses, _, err := h.build("FROM scratch AS base\nONBUILD LABEL from=base\nFROM base\nLABEL own=yes\n", nil, Policy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := res.Image.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cf.Config.Labels["from"] != "base" || cf.Config.Labels["own"] != "yes" || len(cf.Config.OnBuild) != 0 {
+		t.Errorf("labels %v, OnBuild %q: want the trigger run and no OnBuild left", cf.Config.Labels, cf.Config.OnBuild)
+	}
+	if got := short(statuses); got != "cdcdd" {
+		t.Errorf("steps: %s, want the trigger as the child's first step", got)
+	}
+}

@@ -81,7 +81,11 @@ func (r *stageRun) from(ctx context.Context) (digest.Digest, []parser.Step, erro
 	case base.isStage():
 		sr := b.stage(base.stage)
 		r.state, r.scope, key = sr.state.clone(), sr.scope.Clone(), sr.key
-		r.state.config.Config.OnBuild = nil // a stage's triggers do not carry over (BuildKit)
+		// The base stage's own ONBUILD instructions run here first, and
+		// this stage's config starts without them (BuildKit's
+		// initOnBuildTriggers over d.base.commands).
+		triggers = r.state.config.Config.OnBuild
+		r.state.config.Config.OnBuild = nil
 	case base.image == "scratch":
 		r.state, key = scratchState(), cache.FromKey("scratch")
 	default:
