@@ -59,8 +59,9 @@ type MountInput struct {
 	Tree   digest.Digest
 }
 
-// FromKey is the key of a stage's FROM step: the base image's manifest
-// digest, or "scratch".
+// FromKey is the key of a stage's FROM step: the base image's id (its
+// config digest, which covers its layers' diff_ids, so the same content
+// keys the same however it was packaged or compressed), or "scratch".
 func FromKey(base string) digest.Digest {
 	return (&Inputs{Instruction: "FROM " + base}).Key()
 }

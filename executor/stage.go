@@ -89,16 +89,23 @@ func (r *stageRun) from(ctx context.Context) (digest.Digest, []parser.Step, erro
 	case base.image == "scratch":
 		r.state, key = scratchState(), cache.FromKey("scratch")
 	default:
-		img, h, pulled, err := b.baseImage(ctx, base.image)
+		img, _, pulled, err := b.baseImage(ctx, base.image)
+		var id v1.Hash
 		if err == nil {
 			r.state, err = stateFromImage(img)
+		}
+		if err == nil {
+			// The image id (config digest: diff_ids and config), not the
+			// manifest: the same base pulled, loaded from a docker-archive
+			// or an OCI layout keys the same.
+			id, err = img.ConfigName()
 		}
 		if err != nil {
 			r.steps = len(stage.Steps) + 1
 			r.report(Event{Step: 1, Instruction: fromText, Status: StatusError, Reason: err.Error()})
 			return "", nil, parser.Errorf(b.opts.DockerfileName, stage.Line, "%sFROM %s: %v", r.prefix(), base.image, err)
 		}
-		key = cache.FromKey(h.String())
+		key = cache.FromKey(id.String())
 		if pulled {
 			status = StatusDone
 		}
