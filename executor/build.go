@@ -63,6 +63,11 @@ type Input struct {
 	// Secrets are the values RUN --mount=type=secret reads, by id. They
 	// never reach a layer, key, record or log line.
 	Secrets map[string][]byte
+	// Contexts are the named build contexts (--build-context NAME=VALUE):
+	// a directory, read by COPY --from=NAME and RUN --mount from=NAME, or
+	// "docker-image://REF", an image FROM NAME and --from=NAME use. A name
+	// overrides a stage of the same name.
+	Contexts map[string]string
 }
 
 // Policy is how to build.
@@ -162,7 +167,7 @@ func plan(opts Options) (*builder, int, error) {
 	if b.meta, err = parser.ResolveMetaArgsForTarget(df, opts.BuildArgs, df.Stages[target].Name); err != nil {
 		return nil, 0, err
 	}
-	if b.graph, err = analyze(df, b.meta); err != nil {
+	if b.graph, err = analyze(df, b.meta, opts.Contexts); err != nil {
 		return nil, 0, err
 	}
 	return b, target, nil

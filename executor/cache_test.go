@@ -259,3 +259,51 @@ func TestOnbuildFromStage(t *testing.T) {
 		t.Errorf("steps: %s, want the trigger as the child's first step", got)
 	}
 }
+
+// TestNamedContexts checks --build-context: a directory is read by COPY
+// --from=NAME (overriding a stage of that name) and keys the step on its
+// content; FROM a directory is refused with a clear error.
+func TestNamedContexts(t *testing.T) {
+	h := newHarness(t)
+	docs := t.TempDir()
+	if err := os.WriteFile(filepath.Join(docs, "guide.md"), []byte("v1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	df := "FROM scratch AS docs\nLABEL stage=docs\nFROM scratch\nUSER {{owner}}\nCOPY --from=docs --chown={{owner}} guide.md /guide.md\n"
+	build := func() (*Result, []string, error) {
+		var events []Event
+		svc := h.services
+		svc.Progress = func(e Event) { events = append(events, e) }
+		res, err := Build(context.Background(), Options{Services: svc, Input: Input{
+			ContextDir: h.ctxDir, Dockerfile: []byte(strings.ReplaceAll(df, "{{owner}}", owner())),
+			Contexts: map[string]string{"docs": docs}}})
+		var statuses []string
+		for _, e := range events {
+			if e.Kind == KindStep && e.Status != StatusRunning {
+				statuses = append(statuses, e.Stage+":"+string(e.Status))
+			}
+		}
+		return res, statuses, err
+	}
+	_, statuses, err := build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(statuses, " "); got != "stage-1:cached stage-1:done stage-1:done" {
+		t.Errorf("first build: %s (the docs stage must not run: the context overrides it)", got)
+	}
+	if _, statuses, _ = build(); strings.Join(statuses, " ") != "stage-1:cached stage-1:cached stage-1:cached" {
+		t.Errorf("rebuild: %v", statuses)
+	}
+	if err := os.WriteFile(filepath.Join(docs, "guide.md"), []byte("v2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res, statuses, err := build()
+	if err != nil || strings.Join(statuses, " ") != "stage-1:cached stage-1:cached stage-1:done" || !strings.Contains(res.FirstMiss, "guide.md changed") {
+		t.Errorf("after editing the context: %v, %v, %v", statuses, res, err)
+	}
+	df = "FROM docs\n"
+	if _, _, err := build(); err == nil || !strings.Contains(err.Error(), "Dockerfile:1: FROM docs: the build context") {
+		t.Errorf("FROM a directory context: %v", err)
+	}
+}

@@ -45,7 +45,9 @@ func newCopyOp(ctx context.Context, s *step, spec copySpec) (*copyOp, error) {
 			return nil, err
 		}
 		src = o.from
-		req.KeepOwner = true
+		// A stage or an image keeps its owners; a directory is a context.
+		named, _ := s.run.resolveFrom(spec.from)
+		req.KeepOwner = named.dir == ""
 	case len(spec.SourcePaths) > 0:
 		if src, err = s.run.b.context(ctx); err != nil {
 			return nil, err

@@ -12,10 +12,12 @@ import (
 )
 
 // source is what a FROM, COPY --from or RUN --mount from= names: an
-// earlier stage, or an image reference ("scratch" for the empty image).
+// earlier stage, an image reference ("scratch" for the empty image), or a
+// named build context's directory.
 type source struct {
 	stage int    // an earlier stage's index, or -1
-	image string // when stage < 0
+	image string // when stage < 0 and dir is ""
+	dir   string // a --build-context directory
 }
 
 func (s source) isStage() bool { return s.stage >= 0 }
@@ -35,15 +37,25 @@ type stageNode struct {
 
 // graph is the stage graph, checked before anything runs.
 type graph struct {
-	df     *parser.Dockerfile
-	byName map[string]int
-	stages []stageNode
+	df       *parser.Dockerfile
+	byName   map[string]int
+	contexts map[string]source // --build-context NAME=…, by lower-case name
+	stages   []stageNode
 }
 
 // analyze resolves every stage reference once and rejects duplicates,
 // cycles and references to unknown or later stages, naming the line.
-func analyze(df *parser.Dockerfile, meta map[string]string) (*graph, error) {
-	g := &graph{df: df, byName: map[string]int{}, stages: make([]stageNode, len(df.Stages))}
+// contexts are the named build contexts: NAME → a directory, or
+// "docker-image://REF".
+func analyze(df *parser.Dockerfile, meta, contexts map[string]string) (*graph, error) {
+	g := &graph{df: df, byName: map[string]int{}, contexts: map[string]source{}, stages: make([]stageNode, len(df.Stages))}
+	for name, v := range contexts {
+		src := source{stage: -1, dir: v}
+		if ref, ok := strings.CutPrefix(v, "docker-image://"); ok {
+			src = source{stage: -1, image: ref}
+		}
+		g.contexts[strings.ToLower(name)] = src
+	}
 	for i, st := range df.Stages {
 		g.stages[i].name = st.Name
 		if st.Name == "" {
@@ -102,10 +114,18 @@ func (g *graph) analyzeStage(i int, st parser.Stage, meta map[string]string) err
 	return nil
 }
 
-// resolve resolves reference r made from stage i by instruction what: an
-// earlier stage by name or index, else an image. A reference to i itself
-// or to a later stage is an error, and so is an invalid image reference.
+// resolve resolves reference r made from stage i by instruction what: a
+// named build context (which overrides a stage of that name, as in
+// BuildKit), an earlier stage by name or index, else an image. A
+// reference to i itself or to a later stage is an error, and so is an
+// invalid image reference.
 func (g *graph) resolve(i int, what, r string) (source, error) {
+	if src, ok := g.contexts[strings.ToLower(r)]; ok {
+		if what == "FROM" && src.dir != "" {
+			return source{}, fmt.Errorf("FROM %s: the build context %s is a directory; a directory can be read with COPY --from=%s or RUN --mount=from=%s, and FROM takes docker-image://REF", r, src.dir, r, r)
+		}
+		return src, nil
+	}
 	if j, ok := g.byName[strings.ToLower(r)]; ok {
 		switch {
 		case j == i:

@@ -206,9 +206,14 @@ func (r *stageRun) fromSource(ctx context.Context, from string) (*buildctx.Conte
 		return nil, err
 	}
 	var st *imageState
-	if src.isStage() {
+	switch {
+	case src.dir != "":
+		// A named context is read like the build context: its
+		// .dockerignore applies, and content keys the step.
+		return buildctx.Open(ctx, src.dir, buildctx.Options{StateDir: r.b.opts.StateDir})
+	case src.isStage():
 		st = r.b.stage(src.stage).state
-	} else {
+	default:
 		img, _, _, err := r.b.baseImage(ctx, src.image)
 		if err == nil {
 			st, err = stateFromImage(img)
