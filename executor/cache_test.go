@@ -23,6 +23,7 @@ type harness struct {
 	t        *testing.T
 	root     string
 	ctxDir   string
+	contexts map[string]string // named build contexts
 	services Services
 }
 
@@ -75,16 +76,28 @@ func (h *harness) build(dockerfile string, args map[string]string, policy Policy
 			ContextDir: h.ctxDir,
 			Dockerfile: []byte(strings.ReplaceAll(dockerfile, "{{owner}}", owner())),
 			BuildArgs:  args,
+			Contexts:   h.contexts,
 		},
 		Policy: policy,
 	})
-	var statuses []string
+	return res, statuses(events, false), events, err
+}
+
+// statuses lists the final status of each step event, optionally with
+// its stage ("stage-1:cached").
+func statuses(events []Event, withStage bool) []string {
+	var out []string
 	for _, e := range events {
-		if e.Kind == KindStep && e.Status != StatusRunning {
-			statuses = append(statuses, string(e.Status))
+		if e.Kind != KindStep || e.Status == StatusRunning {
+			continue
+		}
+		if withStage {
+			out = append(out, e.Stage+":"+string(e.Status))
+		} else {
+			out = append(out, string(e.Status))
 		}
 	}
-	return res, statuses, events, err
+	return out
 }
 
 const appDockerfile = `FROM scratch
@@ -270,37 +283,27 @@ func TestNamedContexts(t *testing.T) {
 		t.Fatal(err)
 	}
 	df := "FROM scratch AS docs\nLABEL stage=docs\nFROM scratch\nUSER {{owner}}\nCOPY --from=docs --chown={{owner}} guide.md /guide.md\n"
+	h.contexts = map[string]string{"docs": docs}
 	build := func() (*Result, []string, error) {
-		var events []Event
-		svc := h.services
-		svc.Progress = func(e Event) { events = append(events, e) }
-		res, err := Build(context.Background(), Options{Services: svc, Input: Input{
-			ContextDir: h.ctxDir, Dockerfile: []byte(strings.ReplaceAll(df, "{{owner}}", owner())),
-			Contexts: map[string]string{"docs": docs}}})
-		var statuses []string
-		for _, e := range events {
-			if e.Kind == KindStep && e.Status != StatusRunning {
-				statuses = append(statuses, e.Stage+":"+string(e.Status))
-			}
-		}
-		return res, statuses, err
+		res, _, events, err := h.build(df, nil, Policy{})
+		return res, statuses(events, true), err
 	}
-	_, statuses, err := build()
+	_, steps, err := build()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(statuses, " "); got != "stage-1:cached stage-1:done stage-1:done" {
+	if got := strings.Join(steps, " "); got != "stage-1:cached stage-1:done stage-1:done" {
 		t.Errorf("first build: %s (the docs stage must not run: the context overrides it)", got)
 	}
-	if _, statuses, _ = build(); strings.Join(statuses, " ") != "stage-1:cached stage-1:cached stage-1:cached" {
-		t.Errorf("rebuild: %v", statuses)
+	if _, steps, _ = build(); strings.Join(steps, " ") != "stage-1:cached stage-1:cached stage-1:cached" {
+		t.Errorf("rebuild: %v", steps)
 	}
 	if err := os.WriteFile(filepath.Join(docs, "guide.md"), []byte("v2\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	res, statuses, err := build()
-	if err != nil || strings.Join(statuses, " ") != "stage-1:cached stage-1:cached stage-1:done" || !strings.Contains(res.FirstMiss, "guide.md changed") {
-		t.Errorf("after editing the context: %v, %v, %v", statuses, res, err)
+	res, steps, err := build()
+	if err != nil || strings.Join(steps, " ") != "stage-1:cached stage-1:cached stage-1:done" || !strings.Contains(res.FirstMiss, "guide.md changed") {
+		t.Errorf("after editing the context: %v, %v, %v", steps, res, err)
 	}
 	df = "FROM docs\n"
 	if _, _, err := build(); err == nil || !strings.Contains(err.Error(), "Dockerfile:1: FROM docs: the build context") {

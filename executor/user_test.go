@@ -6,17 +6,22 @@ import (
 	"testing"
 )
 
-func TestResolveUser(t *testing.T) {
-	files := map[string]string{
-		"/etc/passwd": "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\nnohome:x:1001:1001\n",
-		"/etc/group":  "root:x:0:\napp:x:1000:\nstaff:x:50:app,other\n",
-	}
-	read := func(p string) ([]byte, error) {
+// fakeFiles reads an image's files from a map.
+func fakeFiles(files map[string]string) fileReader {
+	return func(p string) ([]byte, error) {
 		if s, ok := files[p]; ok {
 			return []byte(s), nil
 		}
 		return nil, fs.ErrNotExist
 	}
+}
+
+func TestResolveUser(t *testing.T) {
+	files := map[string]string{
+		"/etc/passwd": "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\nnohome:x:1001:1001\n",
+		"/etc/group":  "root:x:0:\napp:x:1000:\nstaff:x:50:app,other\n",
+	}
+	read := fakeFiles(files)
 	cases := []struct {
 		spec    string
 		want    identity
@@ -53,12 +58,7 @@ func TestResolveOwner(t *testing.T) {
 		"/etc/passwd": "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
 		"/etc/group":  "root:x:0:\napp:x:1001:\nstaff:x:50:app\n",
 	}
-	read := func(p string) ([]byte, error) {
-		if s, ok := files[p]; ok {
-			return []byte(s), nil
-		}
-		return nil, fs.ErrNotExist
-	}
+	read := fakeFiles(files)
 	cases := []struct {
 		spec     string
 		uid, gid int
