@@ -2,6 +2,7 @@ package cache
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -32,8 +33,8 @@ func TestKeyIsContentOnly(t *testing.T) {
 		{"changed instruction", copyOf(parent, "COPY app.py ./", a), base, false},
 		{"changed parent", copyOf(FromKey("scratch"), "COPY app.py .", a), base, false},
 		{"fields do not run together", copyOf(parent, "COPY app.py", digest.Digest(" ."+string(a))), base, false},
-		{"file names never enter the key", (&Inputs{Parent: parent, Instruction: "COPY app.py .", Files: a,
-			FileNames: func() map[string]string { return map[string]string{"x": "y"} }}).Key(), base, true},
+		{"explanations never enter the key", (&Inputs{Parent: parent, Instruction: "COPY app.py .", Files: a,
+			Why: Why{FileNames: func() map[string]string { return map[string]string{"x": "y"} }, Vars: map[string]string{"ENV A": "1"}, Base: "b", Display: "d"}}).Key(), base, true},
 		{"same RUN", run([]string{"V=1"}, "host"), runBase, true},
 		{"build arg value", run([]string{"V=2"}, "host"), runBase, false},
 		{"unset arg differs from empty", run([]string{"V"}, "host"), run([]string{"V="}, "host"), false},
@@ -54,17 +55,50 @@ func TestKeyIsContentOnly(t *testing.T) {
 	}
 }
 
-func TestNamesHideBuildArgValues(t *testing.T) {
-	in := &Inputs{BuildArgs: []string{"TOKEN=s3cret", "EMPTY"}, Network: "none", Mounts: []MountInput{{"/src", digest.FromString("t")}}}
-	names := in.Names()
-	for k, v := range names {
-		if strings.Contains(v, "s3cret") {
-			t.Errorf("%s reveals a build arg value: %q", k, v)
+func TestNames(t *testing.T) {
+	in := &Inputs{BuildArgs: []string{"V=1.1", "EMPTY=", "UNSET"}, Network: "none", Mounts: []MountInput{{"/src", digest.FromString("t")}}}
+	want := map[string]string{"build arg V": "1.1", "build arg EMPTY": "", "build arg UNSET": "(unset)", "network": "none",
+		"mount /src": digest.FromString("t").String()}
+	if got := in.Names(); !reflect.DeepEqual(got, want) {
+		t.Errorf("Names = %v, want %v", got, want)
+	}
+}
+
+// TestExplainAcrossBuilds checks the words of a miss against the last
+// build at the same place: old → new values, the variable behind a
+// changed text, a changed base, and one line for a heredoc.
+func TestExplainAcrossBuilds(t *testing.T) {
+	x, err := OpenIndex(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	base1, base2 := FromKey("sha256:1"), FromKey("sha256:2")
+	put := func(where string, in *Inputs) {
+		t.Helper()
+		if err := x.Put(in.Key(), where, in, &Record{}); err != nil {
+			t.Fatal(err)
 		}
 	}
-	for _, k := range []string{"build arg TOKEN", "build arg EMPTY", "network", "mount /src"} {
-		if _, ok := names[k]; !ok {
-			t.Errorf("Names lacks %q: %v", k, names)
+	put("label", &Inputs{Parent: base1, Instruction: "LABEL v=1.0", Why: Why{Display: "LABEL v=$VERSION", Vars: map[string]string{"build arg VERSION": "1.0"}, Base: "app@sha256:1"}})
+	put("run", &Inputs{Parent: base1, Instruction: "RUN make", BuildArgs: []string{"V=1"}, Network: "host", Why: Why{Display: "RUN make"}})
+	put("heredoc", &Inputs{Parent: base1, Instruction: "RUN x", Why: Why{Display: "RUN <<EOF\nx\nEOF"}})
+	cases := []struct {
+		where string
+		in    *Inputs
+		want  string
+	}{
+		{"label", &Inputs{Parent: base1, Instruction: "LABEL v=1.1", Why: Why{Display: "LABEL v=$VERSION", Vars: map[string]string{"build arg VERSION": "1.1"}}},
+			"build arg VERSION changed: 1.0 → 1.1"},
+		{"run", &Inputs{Parent: base1, Instruction: "RUN make", BuildArgs: []string{"V=2"}, Network: "none"},
+			"build arg V changed: 1 → 2, network changed: host → none"},
+		{"run", &Inputs{Parent: base1, Instruction: "LABEL w=1", Why: Why{Display: "LABEL w=1"}}, "instruction changed (was: RUN make)"},
+		{"label", &Inputs{Parent: base2, Instruction: "LABEL v=1.0", Why: Why{Base: "app@sha256:2"}}, "base changed: app@sha256:1 → app@sha256:2"},
+		{"heredoc", &Inputs{Parent: base1, Instruction: "RUN y"}, `instruction changed (was: RUN <<EOF\nx\nEOF)`},
+		{"elsewhere", &Inputs{Parent: base1, Instruction: "RUN make"}, "not built before"},
+	}
+	for _, c := range cases {
+		if got := x.Explain(c.where, c.in); got != c.want {
+			t.Errorf("Explain(%s) = %q, want %q", c.in.Instruction, got, c.want)
 		}
 	}
 }
@@ -77,7 +111,7 @@ func TestIndexRoundTripAndExplain(t *testing.T) {
 	parent := FromKey("scratch")
 	files := func(m map[string]string) func() map[string]string { return func() map[string]string { return m } }
 	in1 := &Inputs{Parent: parent, Instruction: "COPY . /", Files: digest.FromString("1"),
-		FileNames: files(map[string]string{"app.py": "sha256:1", "util.py": "sha256:2"})}
+		Why: Why{FileNames: files(map[string]string{"app.py": "sha256:1", "util.py": "sha256:2"}), Display: "COPY . /"}}
 	k1 := in1.Key()
 	if _, err := x.Get(k1); !errors.Is(err, ErrMiss) {
 		t.Fatalf("empty index: got %v, want ErrMiss", err)
@@ -107,7 +141,7 @@ func TestIndexRoundTripAndExplain(t *testing.T) {
 		t.Errorf("a step elsewhere is explained by this project's history: %q", got)
 	}
 	for _, c := range cases {
-		in := &Inputs{Parent: parent, Instruction: c.instruction, FileNames: files(c.inputs)}
+		in := &Inputs{Parent: parent, Instruction: c.instruction, Why: Why{FileNames: files(c.inputs)}}
 		if got := x.Explain("here", in); !strings.Contains(got, c.want) {
 			t.Errorf("Explain(%q) = %q, want %q", c.instruction, got, c.want)
 		}

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
@@ -80,11 +78,14 @@ func (x *Index) Put(key digest.Digest, where string, in *Inputs, r *Record) erro
 	if err := writeJSON(x.recordPath(key), r); err != nil {
 		return fmt.Errorf("record cache key %s: %w", key, err)
 	}
-	h := hint{Instruction: in.Instruction, Display: r.History.CreatedBy, Inputs: in.Names()}
-	if err := writeJSON(x.hintPath(hintKey(in.Parent, where, in.Instruction)), h); err != nil {
-		return err
+	h := hint{Instruction: in.Instruction, Display: in.Why.Display, Inputs: in.Names(), Vars: in.Why.Vars,
+		Parent: in.Parent, Base: in.Why.Base}
+	for _, k := range []digest.Digest{hintKey(in.Parent, where, in.Instruction), hintKey(in.Parent, where), hintKey("", where)} {
+		if err := writeJSON(x.hintPath(k), h); err != nil {
+			return err
+		}
 	}
-	return writeJSON(x.hintPath(hintKey(in.Parent, where)), h)
+	return nil
 }
 
 // hintKey locates a hint: by parent and place, and optionally instruction.
@@ -94,70 +95,6 @@ func hintKey(parent digest.Digest, parts ...string) digest.Digest {
 	writeField(h, string(parent))
 	writeList(h, parts)
 	return digest.NewDigest(digest.SHA256, h)
-}
-
-// hint is what the last step recorded under a parent had as instruction and inputs.
-type hint struct {
-	Instruction string            `json:"instruction"`
-	Display     string            `json:"display,omitempty"` // as the user wrote it
-	Inputs      map[string]string `json:"inputs,omitempty"`
-}
-
-// Explain says why the step with inputs in missed at place where: which
-// inputs changed since the same instruction last ran on the same parent,
-// or that the instruction at this place changed.
-func (x *Index) Explain(where string, in *Inputs) string {
-	var prev hint
-	if err := readJSON(x.hintPath(hintKey(in.Parent, where, in.Instruction)), &prev); err == nil {
-		if d := diffInputs(prev.Inputs, in.Names()); d != "" {
-			return d
-		}
-		return "record missing from the cache"
-	}
-	if err := readJSON(x.hintPath(hintKey(in.Parent, where)), &prev); err == nil {
-		was := prev.Display
-		if was == "" {
-			was = prev.Instruction
-		}
-		return "instruction changed (was: " + was + ")"
-	}
-	return "not built before"
-}
-
-// diffInputs names the inputs that changed, were added or removed.
-func diffInputs(old, cur map[string]string) string {
-	var changed, added, removed []string
-	for k, v := range cur {
-		switch ov, ok := old[k]; {
-		case !ok:
-			added = append(added, k)
-		case ov != v:
-			changed = append(changed, k)
-		}
-	}
-	for k := range old {
-		if _, ok := cur[k]; !ok {
-			removed = append(removed, k)
-		}
-	}
-	var parts []string
-	for _, g := range []struct {
-		names []string
-		verb  string
-	}{{changed, "changed"}, {added, "added"}, {removed, "removed"}} {
-		if len(g.names) == 0 {
-			continue
-		}
-		sort.Strings(g.names)
-		list := g.names
-		more := ""
-		if len(list) > 3 {
-			more = fmt.Sprintf(" and %d more", len(list)-3)
-			list = list[:3]
-		}
-		parts = append(parts, strings.Join(list, ", ")+more+" "+g.verb)
-	}
-	return strings.Join(parts, "; ")
 }
 
 func (x *Index) recordPath(key digest.Digest) string {

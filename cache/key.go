@@ -41,15 +41,30 @@ type Inputs struct {
 	// Network is a RUN's network mode: a step run without a network may
 	// well have produced something else.
 	Network string
-	// Files is the tree digest (TreeHasher) of exactly what a COPY or ADD
-	// lands: path, type, mode, owner, content and link target of each
-	// entry. FileNames names those files with a digest of how each lands,
-	// computed only when a miss is explained.
-	Files     digest.Digest
-	FileNames func() map[string]string
+	// Files is the tree digest of exactly what a COPY or ADD lands: path,
+	// type, mode, owner, content and link target of each entry.
+	Files digest.Digest
 	// Mounts are the RUN bind mounts whose content the step reads, in
 	// flag order. Cache mounts, tmpfs and secrets never enter a key.
 	Mounts []MountInput
+
+	// Why explains a miss in words; it never enters the key.
+	Why Why
+}
+
+// Why is what explains a miss beyond the key's own inputs.
+type Why struct {
+	// FileNames names the files a COPY or ADD lands, each with a digest of
+	// how it lands; computed only when a miss is explained.
+	FileNames func() map[string]string
+	// Vars are the variables the instruction's text refers to, with their
+	// values: "build arg VERSION" → "1.1", "ENV APP" → "prod".
+	Vars map[string]string
+	// Base is the stage's base as resolved: "busybox@sha256:…", "scratch",
+	// "stage builder".
+	Base string
+	// Display is the instruction as the user wrote it.
+	Display string
 }
 
 // MountInput is one bind mount of a RUN: its target and the tree digest
@@ -96,22 +111,23 @@ func (in *Inputs) Key() digest.Digest {
 
 // Names lists the inputs beyond parent and instruction by what a person
 // would call them ("build arg VERSION", "network", "mount /src", a file
-// path), each with a value that changes when the input does. A build
-// arg's value appears only as a digest: it may be a secret.
+// path), each with a value that changes when the input does: a build
+// arg's or the network's value as it is (docker keeps build args in the
+// image history too; secrets are --secret's, never build args), a digest
+// for content.
 func (in *Inputs) Names() map[string]string {
 	m := map[string]string{}
-	if in.FileNames != nil {
-		for k, v := range in.FileNames() {
+	if in.Why.FileNames != nil {
+		for k, v := range in.Why.FileNames() {
 			m[k] = v
 		}
 	}
 	for _, kv := range in.BuildArgs {
 		k, v, set := strings.Cut(kv, "=")
-		if set {
-			m["build arg "+k] = digest.FromString(v).String()
-		} else {
-			m["build arg "+k] = "unset"
+		if !set {
+			v = "(unset)"
 		}
+		m["build arg "+k] = v
 	}
 	if in.Network != "" {
 		m["network"] = in.Network

@@ -134,7 +134,7 @@ func TestRebuildFromFirstMiss(t *testing.T) {
 		{name: "an early COPY's file", files: map[string]string{"requirements.txt": "flask\nrequests\n"}, want: "cccccdddd",
 			reason: "requirements.txt changed"},
 		{name: "a build arg in a LABEL", args: map[string]string{"VERSION": "1.1"}, want: "ccccccddd",
-			reason: "step 7/9 LABEL version=$VERSION — instruction changed"},
+			reason: "step 7/9 LABEL version=$VERSION — build arg VERSION changed: 1.0 → 1.1"},
 		{name: "an ENV value", dockerfile: strings.Replace(appDockerfile, "APP=demo", "APP=prod", 1), want: "cccdddddd",
 			reason: "step 4/9 ENV APP=prod — instruction changed (was: ENV APP=demo)"},
 		{name: "quoting and spacing do not matter", dockerfile: strings.Replace(appDockerfile, "ENV APP=demo", `ENV   APP="demo"`, 1),
@@ -308,5 +308,32 @@ func TestNamedContexts(t *testing.T) {
 	df = "FROM docs\n"
 	if _, _, err := build(); err == nil || !strings.Contains(err.Error(), "Dockerfile:1: FROM docs: the build context") {
 		t.Errorf("FROM a directory context: %v", err)
+	}
+}
+
+// TestMissNamesFiles checks the words of a COPY's miss: the files added,
+// removed or changed since the last build of the same Dockerfile.
+func TestMissNamesFiles(t *testing.T) {
+	h := newHarness(t)
+	df := "FROM scratch\nUSER {{owner}}\nCOPY --chown={{owner}} *.py /src/\n"
+	h.write(map[string]string{"a.py": "a\n", "b.py": "b\n"})
+	steps := []struct {
+		change func()
+		want   string
+	}{
+		{func() {}, ""},
+		{func() { h.write(map[string]string{"c.py": "c\n"}) }, "c.py added"},
+		{func() { os.Remove(filepath.Join(h.ctxDir, "a.py")) }, "a.py removed"},
+		{func() { h.write(map[string]string{"b.py": "B\n", "c.py": "C\n"}) }, "b.py, c.py changed"},
+	}
+	for i, st := range steps {
+		st.change()
+		res, _, _, err := h.build(df, nil, Policy{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i > 0 && !strings.HasSuffix(res.FirstMiss, st.want) {
+			t.Errorf("build %d: first miss %q, want … %q", i+1, res.FirstMiss, st.want)
+		}
 	}
 }

@@ -105,7 +105,7 @@ func (s *step) copyRequest(ctx context.Context, spec copySpec) (copier.Request, 
 
 func (o *copyOp) inputs(in *cache.Inputs) {
 	in.Files = o.plan.Key()
-	in.FileNames = o.plan.Inputs
+	in.Why.FileNames = o.plan.Inputs
 }
 
 func (o *copyOp) execute(ctx context.Context) (*cache.Record, error) {

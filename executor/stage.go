@@ -36,6 +36,7 @@ type stageRun struct {
 	state  *imageState
 	scope  *parser.Scope
 	missed bool
+	base   string // the base as resolved, for explaining a changed one
 }
 
 // prefix names the stage in errors of a multi-stage build.
@@ -86,8 +87,10 @@ func (r *stageRun) from(ctx context.Context) (digest.Digest, []parser.Step, erro
 		// initOnBuildTriggers over d.base.commands).
 		triggers = r.state.config.Config.OnBuild
 		r.state.config.Config.OnBuild = nil
+		r.base = "stage " + b.graph.stages[base.stage].name
 	case base.image == "scratch":
 		r.state, key = scratchState(), cache.FromKey("scratch")
+		r.base = "scratch"
 	default:
 		img, _, pulled, err := b.baseImage(ctx, base.image)
 		var id v1.Hash
@@ -106,6 +109,7 @@ func (r *stageRun) from(ctx context.Context) (digest.Digest, []parser.Step, erro
 			return "", nil, parser.Errorf(b.opts.DockerfileName, stage.Line, "%sFROM %s: %v", r.prefix(), base.image, err)
 		}
 		key = cache.FromKey(id.String())
+		r.base = base.image + " (id " + id.String() + ")"
 		if pulled {
 			status = StatusDone
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 
@@ -103,9 +104,38 @@ func (s *step) prepare(ctx context.Context, parent digest.Digest) (op, *cache.In
 	if err != nil {
 		return nil, nil, err // an op that fails to prepare releases itself
 	}
-	in := &cache.Inputs{Parent: parent, Instruction: parser.Canonical(cmd)}
+	in := &cache.Inputs{Parent: parent, Instruction: parser.Canonical(cmd),
+		Why: cache.Why{Display: strings.TrimSpace(s.src.Original), Vars: s.vars(), Base: s.run.base}}
 	o.inputs(in)
 	return o, in, nil
+}
+
+// varRef finds the variables an instruction's text refers to.
+var varRef = regexp.MustCompile(`\$\{?([A-Za-z_][A-Za-z0-9_]*)`)
+
+// vars are the values of the set variables the step's text refers to, by
+// what a person calls them ("build arg VERSION", "ENV APP"): what a miss
+// names when the text stayed and a value changed. Only explains.
+func (s *step) vars() map[string]string {
+	refs := varRef.FindAllStringSubmatch(s.src.Original, -1)
+	if len(refs) == 0 {
+		return nil
+	}
+	scope := s.run.scope
+	env, image := scope.ExpandEnv(), scope.ImageEnv()
+	out := map[string]string{}
+	for _, r := range refs {
+		v, ok := lookupEnv(env, r[1])
+		if !ok {
+			continue
+		}
+		kind := "build arg "
+		if _, isEnv := lookupEnv(image, r[1]); isEnv {
+			kind = "ENV "
+		}
+		out[kind+r[1]] = v
+	}
+	return out
 }
 
 // newOp makes the op of the step's instruction family.
@@ -145,9 +175,12 @@ func (s *step) missReason(in *cache.Inputs) string {
 	return reason
 }
 
-// where names the step's place in this project, for miss explanations.
+// where names the step's place — its project, Dockerfile, stage and
+// number — so that a miss is explained against the last build of the
+// same Dockerfile, never another that happened to share a parent.
 func (s *step) where() string {
-	return fmt.Sprintf("%s\x00%s\x00%d", s.run.b.opts.ContextDir, s.run.name, s.n)
+	o := s.run.b.opts
+	return fmt.Sprintf("%s\x00%s\x00%s\x00%d", o.ContextDir, o.DockerfileName, s.run.name, s.n)
 }
 
 // fail names the Dockerfile line and the step in an error.
