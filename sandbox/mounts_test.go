@@ -220,3 +220,49 @@ echo p >> /root/.profile; test "$(ls -A /root)" = .profile; test ! -e /bin/cat`
 		}
 	}
 }
+
+// The snapshotter's bind views: read-only, or with rw a throwaway layer
+// (an overlay, or a scratch copy when copying) that never writes through.
+func TestBindViews(t *testing.T) {
+	f := newFixture(t)
+	for _, kind := range []snapshot.Kind{snapshot.KindOverlay, snapshot.KindCopy} {
+		t.Run(string(kind), func(t *testing.T) {
+			host := t.TempDir()
+			if err := os.WriteFile(filepath.Join(host, "in.txt"), []byte("in\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			s := f.prepareKind(t, kind, f.base, mount.Point{Path: "/ro", Dir: true}, mount.Point{Path: "/rw", Dir: true}, mount.Point{Path: "/f"})
+			var spec sandbox.Spec
+			for _, v := range []struct {
+				host, target string
+				writable     bool
+			}{{host, "/ro", false}, {host, "/rw", true}, {filepath.Join(host, "in.txt"), "/f", true}} {
+				m, release, err := f.sn.BindView(context.Background(), v.host, v.target, v.writable)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { release() })
+				spec.Mounts = append(spec.Mounts, m)
+			}
+			if want := map[snapshot.Kind]string{snapshot.KindOverlay: "overlay", snapshot.KindCopy: "bind"}[kind]; spec.Mounts[1].Type != want {
+				t.Errorf("writable dir view is %s, want %s", spec.Mounts[1].Type, want)
+			}
+			out, err := run(context.Background(), s, spec, `cat /ro/in.txt
+echo x > /ro/new 2>/dev/null && echo ro-writable || echo ro-readonly
+echo more >> /rw/in.txt && echo new > /rw/new && cat /rw/in.txt /rw/new
+echo f >> /f && cat /f`)
+			if err != nil {
+				t.Fatalf("run: %v\n%s", err, out)
+			}
+			if want := "in\nro-readonly\nin\nmore\nnew\nin\nf\n"; out != want {
+				t.Errorf("got:\n%s\nwant:\n%s", out, want)
+			}
+			if b, _ := os.ReadFile(filepath.Join(host, "in.txt")); string(b) != "in\n" {
+				t.Errorf("a writable view wrote through: %q", b)
+			}
+			if _, err := os.Stat(filepath.Join(host, "new")); err == nil {
+				t.Error("a writable view created a host file")
+			}
+		})
+	}
+}
