@@ -74,8 +74,10 @@ type File struct {
 	UID, GID uint32
 }
 
-// ErrRootfsMount marks a sandbox that could not mount its root filesystem,
-// e.g. where overlayfs is refused; callers may retry with a copied rootfs.
+// ErrRootfsMount marks a sandbox that could not mount its root filesystem
+// (e.g. an overlay the kernel refuses), as opposed to a failure of the
+// command or of its other mounts. Whether to use overlay at all is the
+// snapshotter's decision (snapshot.Snapshotter.Probe), made beforehand.
 var ErrRootfsMount = errors.New("cannot mount the root filesystem")
 
 // ExitError reports a command that exited non-zero (128+N when killed by
