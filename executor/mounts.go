@@ -18,6 +18,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/minibuild/minibuild/buildctx"
+	"github.com/minibuild/minibuild/mount"
 	"github.com/minibuild/minibuild/sandbox"
 	"github.com/minibuild/minibuild/snapshot"
 )
@@ -164,8 +165,9 @@ func treeDigest(src *buildctx.Context, rel string) (digest.Digest, error) {
 
 // mountSetup is what a RUN's mounts need while it runs.
 type mountSetup struct {
-	mounts  []sandbox.Mount
-	points  []snapshot.MountPoint
+	mounts  []mount.Mount
+	files   []sandbox.File
+	points  []mount.Point
 	env     []string
 	release []func()
 }
@@ -206,8 +208,8 @@ func (s *step) setupMounts(ctx context.Context, mounts []*runMount) (*mountSetup
 			if m.GID != nil {
 				gid = uint32(*m.GID)
 			}
-			ms.mounts = append(ms.mounts, sandbox.Mount{Target: rm.target, Type: "file", Data: rm.secret, Mode: mode, UID: uid, GID: gid})
-			ms.points = append(ms.points, snapshot.MountPoint{Path: rm.target})
+			ms.files = append(ms.files, sandbox.File{Target: rm.target, Data: rm.secret, Mode: mode, UID: uid, GID: gid})
+			ms.points = append(ms.points, mount.Point{Path: rm.target})
 		case instructions.MountTypeCache:
 			id := m.CacheID
 			if id == "" {
@@ -230,68 +232,61 @@ func (s *step) setupMounts(ctx context.Context, mounts []*runMount) (*mountSetup
 				return nil, err
 			}
 			ms.release = append(ms.release, cm.Release)
-			ms.mounts = append(ms.mounts, sandbox.Mount{Target: rm.target, Type: "bind", Source: cm.Dir, ReadOnly: m.ReadOnly})
-			ms.points = append(ms.points, snapshot.MountPoint{Path: rm.target, Dir: true})
+			ms.mounts = append(ms.mounts, mount.Mount{Target: rm.target, Type: "bind", Source: cm.Dir, ReadOnly: m.ReadOnly})
+			ms.points = append(ms.points, mount.Point{Path: rm.target, Dir: true})
 		case instructions.MountTypeTmpfs:
 			opts := []string{"mode=1777"}
 			if m.SizeLimit > 0 {
 				opts = append(opts, "size="+strconv.FormatInt(m.SizeLimit, 10))
 			}
-			ms.mounts = append(ms.mounts, sandbox.Mount{Target: rm.target, Type: "tmpfs", Source: "tmpfs", Options: opts})
-			ms.points = append(ms.points, snapshot.MountPoint{Path: rm.target, Dir: true})
+			ms.mounts = append(ms.mounts, mount.Mount{Target: rm.target, Type: "tmpfs", Source: "tmpfs", Options: opts})
+			ms.points = append(ms.points, mount.Point{Path: rm.target, Dir: true})
 		case instructions.MountTypeBind:
-			mnt, err := s.bindMount(rm, ms)
+			mnt, dir, err := s.bindMount(ctx, rm, ms)
 			if err != nil {
 				ms.Release()
 				return nil, err
 			}
 			ms.mounts = append(ms.mounts, mnt)
-			fi, err := os.Stat(mnt.Source)
-			if mnt.Type == "overlay" || (err == nil && fi.IsDir()) {
-				ms.points = append(ms.points, snapshot.MountPoint{Path: rm.target, Dir: true})
-			} else {
-				ms.points = append(ms.points, snapshot.MountPoint{Path: rm.target})
-			}
+			ms.points = append(ms.points, mount.Point{Path: rm.target, Dir: dir})
 		}
 	}
 	return ms, nil
 }
 
-// bindMount makes the sandbox mount of a bind: the source read-only, or
-// with rw a writable layer over it whose writes are thrown away (an
-// overlay, or a scratch copy with the copying snapshotter).
-func (s *step) bindMount(rm *runMount, ms *mountSetup) (sandbox.Mount, error) {
+// bindMount makes the sandbox mount of a bind, and tells whether its
+// target is a dir: the snapshotter's view of the source (read-only, or
+// with rw a writable layer whose writes are thrown away), or a filtered
+// copy when .dockerignore leaves something under it out.
+func (s *step) bindMount(ctx context.Context, rm *runMount, ms *mountSetup) (mount.Mount, bool, error) {
 	host, err := securejoin.SecureJoin(rm.src.Dir(), filepath.FromSlash(rm.srcRel))
 	if err != nil {
-		return sandbox.Mount{}, err
+		return mount.Mount{}, false, err
 	}
+	fi, err := os.Stat(host)
+	dir := err == nil && fi.IsDir()
+	sn := s.run.b.opts.Snapshots
 	// .dockerignore'd files must not show: bind a filtered copy then.
 	if ignored, err := hasIgnored(rm.src, rm.srcRel, host); err != nil {
-		return sandbox.Mount{}, err
-	} else if ignored || !rm.m.ReadOnly {
-		sn := s.run.b.opts.Snapshots
+		return mount.Mount{}, false, err
+	} else if ignored {
 		tmp, release, err := sn.TempDir("bind")
 		if err != nil {
-			return sandbox.Mount{}, err
+			return mount.Mount{}, false, err
 		}
 		ms.release = append(ms.release, func() { release() })
-		if !ignored && sn.Kind() == snapshot.KindOverlay && !strings.ContainsAny(host, ",:") {
-			if fi, err := os.Stat(host); err == nil && fi.IsDir() {
-				upper, work := filepath.Join(tmp, "upper"), filepath.Join(tmp, "work")
-				if err := errors.Join(os.Mkdir(upper, 0o755), os.Mkdir(work, 0o755)); err != nil {
-					return sandbox.Mount{}, err
-				}
-				return sandbox.Mount{Target: rm.target, Type: "overlay", Source: "overlay",
-					Options: []string{"lowerdir=" + host, "upperdir=" + upper, "workdir=" + work}}, nil
-			}
-		}
 		dst := filepath.Join(tmp, "src")
 		if err := copyContextTree(rm.src, rm.srcRel, dst); err != nil {
-			return sandbox.Mount{}, fmt.Errorf("stage bind mount source: %w", err)
+			return mount.Mount{}, false, fmt.Errorf("stage bind mount source: %w", err)
 		}
-		host = dst
+		return mount.Mount{Target: rm.target, Type: "bind", Source: dst, ReadOnly: rm.m.ReadOnly}, dir, nil
 	}
-	return sandbox.Mount{Target: rm.target, Type: "bind", Source: host, ReadOnly: rm.m.ReadOnly}, nil
+	mnt, release, err := sn.BindView(ctx, host, rm.target, !rm.m.ReadOnly)
+	if err != nil {
+		return mount.Mount{}, false, err
+	}
+	ms.release = append(ms.release, func() { release() })
+	return mnt, dir, nil
 }
 
 // hasIgnored tells whether anything under host (the context path rel) is

@@ -16,7 +16,6 @@ import (
 	"github.com/minibuild/minibuild/cache"
 	"github.com/minibuild/minibuild/layer"
 	"github.com/minibuild/minibuild/sandbox"
-	"github.com/minibuild/minibuild/snapshot"
 )
 
 // tailLines is how many output lines a failed RUN's error repeats.
@@ -174,6 +173,10 @@ func (s *step) executeRun(ctx context.Context, c *instructions.RunCommand, mount
 	if err != nil {
 		return nil, err
 	}
+	// Where overlayfs is refused, --snapshotter=auto copies; say so once.
+	if why := opts.Snapshots.Probe(); why != nil {
+		s.run.b.warn(fmt.Sprintf("overlay snapshots do not work here (%v); copying instead", why))
+	}
 	ms, err := s.setupMounts(ctx, mounts)
 	if err != nil {
 		return nil, err
@@ -184,7 +187,7 @@ func (s *step) executeRun(ctx context.Context, c *instructions.RunCommand, mount
 		opts.Progress(Event{Kind: KindLog, Stage: s.run.name, Step: s.n, Steps: s.run.steps, Line: line})
 	}}
 	if target, data, ok := heredocScript(c); ok {
-		ms.mounts = append(ms.mounts, sandbox.Mount{Target: target, Type: "file", Data: []byte(data), Mode: 0o755})
+		ms.files = append(ms.files, sandbox.File{Target: target, Data: []byte(data), Mode: 0o755})
 	}
 	cwd := cfg.WorkingDir
 	if cwd == "" {
@@ -199,26 +202,18 @@ func (s *step) executeRun(ctx context.Context, c *instructions.RunCommand, mount
 		ExtraGIDs: id.Groups,
 		Hostname:  runHostname,
 		Mounts:    ms.mounts,
+		Files:     ms.files,
 		Network:   network,
 		Stdout:    out,
 		Stderr:    out,
 	}
-	var snap *snapshot.Snapshot
-	for {
-		if snap, err = opts.Snapshots.Prepare(ctx, layers, ms.points...); err != nil {
-			return nil, err
-		}
-		defer snap.Release()
-		spec.Rootfs = snap.Mounts()
-		err = sandbox.Run(ctx, spec)
-		// Where overlayfs is refused, --snapshotter=auto copies from now on.
-		if errors.Is(err, sandbox.ErrRootfsMount) && opts.Snapshots.OverlayFailed() {
-			s.run.b.warn(fmt.Sprintf("overlay snapshots do not work here (%v); copying instead", err))
-			snap.Release()
-			continue
-		}
-		break
+	snap, err := opts.Snapshots.Prepare(ctx, layers, append(sandbox.MountPoints(), ms.points...)...)
+	if err != nil {
+		return nil, err
 	}
+	defer snap.Release()
+	spec.Rootfs = snap.Mounts()
+	err = sandbox.Run(ctx, spec)
 	out.Flush()
 	if err != nil {
 		if ctx.Err() != nil {

@@ -56,18 +56,9 @@ func initMain() int {
 	if err := setupRoot(&spec); err != nil {
 		return fail(err)
 	}
-	cwd := spec.Cwd
-	if cwd == "" {
-		cwd = "/"
-	}
-	if !filepath.IsAbs(cwd) {
-		cwd = "/" + cwd
-	}
-	if err := os.MkdirAll(cwd, 0o755); err != nil {
-		return fail(fmt.Errorf("create working dir %s: %w", cwd, err))
-	}
-	if err := os.Chdir(cwd); err != nil {
-		return fail(fmt.Errorf("working dir %s: %w", cwd, err))
+	cwd, err := enterCwd(spec.Cwd)
+	if err != nil {
+		return fail(err)
 	}
 	argv0, err := lookPath(spec.Args[0], spec.Env)
 	if err != nil {
@@ -116,6 +107,24 @@ func initMain() int {
 	}
 }
 
+// enterCwd makes the command's working dir (absolute, default "/") and
+// changes into it.
+func enterCwd(cwd string) (string, error) {
+	if cwd == "" {
+		cwd = "/"
+	}
+	if !filepath.IsAbs(cwd) {
+		cwd = "/" + cwd
+	}
+	if err := os.MkdirAll(cwd, 0o755); err != nil {
+		return "", fmt.Errorf("create working dir %s: %w", cwd, err)
+	}
+	if err := os.Chdir(cwd); err != nil {
+		return "", fmt.Errorf("working dir %s: %w", cwd, err)
+	}
+	return cwd, nil
+}
+
 // setupRoot mounts the rootfs and its pseudo filesystems, then pivots into it.
 func setupRoot(spec *initSpec) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
@@ -153,7 +162,7 @@ func setupRoot(spec *initSpec) error {
 	if err := mountPseudo(root); err != nil {
 		return err
 	}
-	if err := mountExtra(root, spec.Mounts); err != nil {
+	if err := mountExtra(root, spec.Mounts, spec.Files); err != nil {
 		return err
 	}
 	if spec.Network == NetworkNone {
@@ -230,7 +239,7 @@ func mountPseudo(root string) error {
 		// Best effort: some hosts refuse sysfs here, and builds rarely need it.
 		unix.Mount("sysfs", sys, "sysfs", noSuidDevExec|unix.MS_RDONLY, "")
 	}
-	for _, f := range []string{"etc/hosts", "etc/resolv.conf"} {
+	for _, f := range hostFiles {
 		dst, ok := target(root, f, false)
 		if !ok {
 			continue

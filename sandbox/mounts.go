@@ -11,41 +11,83 @@ import (
 
 	securejoin "github.com/cyphar/filepath-securejoin"
 	"golang.org/x/sys/unix"
+
+	"github.com/minibuild/minibuild/mount"
 )
 
-// mountExtra mounts a RUN's --mount filesystems under root (the mounted
-// rootfs, before pivot_root), parents before children.
-func mountExtra(root string, mounts []Mount) error {
-	sorted := slices.Clone(mounts)
-	slices.SortStableFunc(sorted, func(a, b Mount) int {
-		return strings.Compare(filepath.Clean(a.Target), filepath.Clean(b.Target))
+// MountPoints are where the sandbox mounts its own filesystems in every
+// rootfs: /dev, /proc and /sys, and the host's /etc/hosts and
+// /etc/resolv.conf. Pass them to snapshot.Prepare, which makes them where
+// the image lacks them and keeps them out of the layer. They are optional:
+// a rootfs whose /etc is a file simply gets no /etc/hosts.
+func MountPoints() []mount.Point {
+	points := []mount.Point{{Path: "/dev", Dir: true}, {Path: "/proc", Dir: true}, {Path: "/sys", Dir: true}}
+	for _, f := range hostFiles {
+		points = append(points, mount.Point{Path: "/" + f})
+	}
+	for i := range points {
+		points[i].Optional = true
+	}
+	return points
+}
+
+// hostFiles are the host's files every sandbox sees, read-only.
+var hostFiles = [...]string{"etc/hosts", "etc/resolv.conf"}
+
+// extra is one of a RUN's mounts: a filesystem or a file.
+type extra struct {
+	target string
+	m      *mount.Mount
+	f      *File
+}
+
+// mountExtra mounts a RUN's --mount filesystems and files under root (the
+// mounted rootfs, before pivot_root), parents before children.
+func mountExtra(root string, mounts []mount.Mount, files []File) error {
+	var all []extra
+	for i := range mounts {
+		all = append(all, extra{target: mounts[i].Target, m: &mounts[i]})
+	}
+	for i := range files {
+		all = append(all, extra{target: files[i].Target, f: &files[i]})
+	}
+	slices.SortStableFunc(all, func(a, b extra) int {
+		return strings.Compare(filepath.Clean(a.target), filepath.Clean(b.target))
 	})
-	for i, m := range sorted {
-		if err := mountOne(root, m, i); err != nil {
-			return fmt.Errorf("mount %s at %s: %w", m.Type, m.Target, err)
+	for i, e := range all {
+		if err := mountOne(root, e, i); err != nil {
+			typ := "file"
+			if e.m != nil {
+				typ = e.m.Type
+			}
+			return fmt.Errorf("mount %s at %s: %w", typ, e.target, err)
 		}
 	}
 	return nil
 }
 
-func mountOne(root string, m Mount, n int) error {
-	if !filepath.IsAbs(m.Target) {
+func mountOne(root string, e extra, n int) error {
+	if !filepath.IsAbs(e.target) {
 		return errors.New("target must be an absolute path")
 	}
 	// SecureJoin resolves symlinks as if root were "/": a target cannot
 	// lead a mount out of the rootfs.
-	dst, err := securejoin.SecureJoin(root, m.Target)
+	dst, err := securejoin.SecureJoin(root, e.target)
 	if err != nil {
 		return err
 	}
 	if dst == root {
 		return errors.New("cannot mount over the root")
 	}
+	if e.f != nil {
+		if err := ensureTarget(dst, false); err != nil {
+			return err
+		}
+		return mountFile(root, dst, *e.f, n)
+	}
+	m := e.m
 	wantDir := true
-	switch m.Type {
-	case "file":
-		wantDir = false
-	case "bind":
+	if m.Type == "bind" {
 		fi, err := os.Stat(m.Source)
 		if err != nil {
 			return err
@@ -55,12 +97,7 @@ func mountOne(root string, m Mount, n int) error {
 	if err := ensureTarget(dst, wantDir); err != nil {
 		return err
 	}
-	ro := uintptr(0)
-	if m.ReadOnly {
-		ro = unix.MS_RDONLY
-	}
-	switch m.Type {
-	case "bind":
+	if m.Type == "bind" {
 		if err := unix.Mount(m.Source, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 			return err
 		}
@@ -68,8 +105,17 @@ func mountOne(root string, m Mount, n int) error {
 			return unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, "")
 		}
 		return nil
-	case "file":
-		return mountFile(root, dst, m, n)
+	}
+	if m.Dir != "" {
+		// Relative paths in the options: mount from Dir, then come back.
+		if err := os.Chdir(m.Dir); err != nil {
+			return err
+		}
+		defer os.Chdir(root)
+	}
+	ro := uintptr(0)
+	if m.ReadOnly {
+		ro = unix.MS_RDONLY
 	}
 	return unix.Mount(m.Source, dst, m.Type, unix.MS_NOSUID|unix.MS_NODEV|ro, strings.Join(m.Options, ","))
 }
@@ -108,7 +154,7 @@ func ensureTarget(dst string, dir bool) error {
 // on a disk), binds it read-only at dst and unlinks the staging name: the
 // command sees the file only at its target, and it vanishes with the
 // mount namespace.
-func mountFile(root, dst string, m Mount, n int) error {
+func mountFile(root, dst string, m File, n int) error {
 	stage := filepath.Join(root, "dev", fmt.Sprintf(".minibuild-file-%d", n))
 	f, err := os.OpenFile(stage, os.O_CREATE|os.O_EXCL|os.O_WRONLY|unix.O_NOFOLLOW, 0o600)
 	if err != nil {

@@ -12,16 +12,17 @@ import (
 	"time"
 
 	"github.com/minibuild/minibuild/layer"
+	"github.com/minibuild/minibuild/mount"
 	"github.com/minibuild/minibuild/sandbox"
 	"github.com/minibuild/minibuild/snapshot"
 )
 
 // prepareKind prepares a snapshot of the chain with the given kind and
 // extra mount points.
-func (f *fixture) prepareKind(t *testing.T, kind snapshot.Kind, layers []snapshot.Layer, points ...snapshot.MountPoint) *snapshot.Snapshot {
+func (f *fixture) prepareKind(t *testing.T, kind snapshot.Kind, layers []snapshot.Layer, points ...mount.Point) *snapshot.Snapshot {
 	t.Helper()
 	f.sn.SetKind(kind)
-	s, err := f.sn.Prepare(context.Background(), layers, points...)
+	s, err := f.sn.Prepare(context.Background(), layers, append(sandbox.MountPoints(), points...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,14 +43,15 @@ func TestMounts(t *testing.T) {
 				t.Fatal(err)
 			}
 			cacheDir := t.TempDir()
-			points := []snapshot.MountPoint{{Path: "/src", Dir: true}, {Path: "/var/cache/x", Dir: true},
+			points := []mount.Point{{Path: "/src", Dir: true}, {Path: "/var/cache/x", Dir: true},
 				{Path: "/scratch", Dir: true}, {Path: "/run/secrets/tok", Dir: false}, {Path: "/tmp", Dir: true}}
 			s := f.prepareKind(t, kind, f.base, points...)
-			spec := sandbox.Spec{Mounts: []sandbox.Mount{
+			spec := sandbox.Spec{Mounts: []mount.Mount{
 				{Target: "/src", Type: "bind", Source: hostDir, ReadOnly: true},
 				{Target: "/var/cache/x", Type: "bind", Source: cacheDir},
 				{Target: "/scratch", Type: "tmpfs", Source: "tmpfs", Options: []string{"size=1m"}},
-				{Target: "/run/secrets/tok", Type: "file", Data: []byte("s3cr3t"), Mode: 0o400, UID: 1000, GID: 1000},
+			}, Files: []sandbox.File{
+				{Target: "/run/secrets/tok", Data: []byte("s3cr3t"), Mode: 0o400, UID: 1000, GID: 1000},
 			}}
 			out, err := run(context.Background(), s, spec, `set -e
 cat /src/in.txt
@@ -85,8 +87,8 @@ func TestMountPointThroughSymlink(t *testing.T) {
 	f := newFixture(t)
 	for _, kind := range []snapshot.Kind{snapshot.KindOverlay, snapshot.KindCopy} {
 		t.Run(string(kind), func(t *testing.T) {
-			s := f.prepareKind(t, kind, f.base, snapshot.MountPoint{Path: "/run", Dir: true})
-			spec := sandbox.Spec{Mounts: []sandbox.Mount{{Target: "/run", Type: "tmpfs", Source: "tmpfs"}}}
+			s := f.prepareKind(t, kind, f.base, mount.Point{Path: "/run", Dir: true})
+			spec := sandbox.Spec{Mounts: []mount.Mount{{Target: "/run", Type: "tmpfs", Source: "tmpfs"}}}
 			if out, err := run(context.Background(), s, spec, `ln -s /run /var/run && touch /run/a`); err != nil {
 				t.Fatalf("run: %v\n%s", err, out)
 			}
@@ -95,8 +97,8 @@ func TestMountPointThroughSymlink(t *testing.T) {
 				t.Errorf("diff = %q", names)
 			}
 			chain := append(append([]snapshot.Layer{}, f.base...), l)
-			s2 := f.prepareKind(t, kind, chain, snapshot.MountPoint{Path: "/var/run/secrets/a", Dir: false})
-			spec = sandbox.Spec{Mounts: []sandbox.Mount{{Target: "/var/run/secrets/a", Type: "file", Data: []byte("v"), Mode: 0o444}}}
+			s2 := f.prepareKind(t, kind, chain, mount.Point{Path: "/var/run/secrets/a", Dir: false})
+			spec = sandbox.Spec{Files: []sandbox.File{{Target: "/var/run/secrets/a", Data: []byte("v"), Mode: 0o444}}}
 			out, err := run(context.Background(), s2, spec, `cat /run/secrets/a; touch /run/b`)
 			if err != nil || out != "v" {
 				t.Fatalf("run: %q, %v", out, err)
@@ -188,11 +190,11 @@ echo p >> /root/.profile; test "$(ls -A /root)" = .profile; test ! -e /bin/cat`
 	digests := map[snapshot.Kind]string{}
 	listing := map[snapshot.Kind][]string{}
 	for _, kind := range []snapshot.Kind{snapshot.KindOverlay, snapshot.KindCopy} {
-		s := f.prepareKind(t, kind, base, snapshot.MountPoint{Path: "/run/secrets/x"}, snapshot.MountPoint{Path: "/cache", Dir: true})
-		spec := sandbox.Spec{Mounts: []sandbox.Mount{
-			{Target: "/run/secrets/x", Type: "file", Data: []byte("x"), Mode: 0o400},
-			{Target: "/cache", Type: "tmpfs", Source: "tmpfs"},
-		}}
+		s := f.prepareKind(t, kind, base, mount.Point{Path: "/run/secrets/x"}, mount.Point{Path: "/cache", Dir: true})
+		spec := sandbox.Spec{
+			Mounts: []mount.Mount{{Target: "/cache", Type: "tmpfs", Source: "tmpfs"}},
+			Files:  []sandbox.File{{Target: "/run/secrets/x", Data: []byte("x"), Mode: 0o400}},
+		}
 		if out, err := run(context.Background(), s, spec, script); err != nil {
 			t.Fatalf("%s: %v\n%s", kind, err, out)
 		}
@@ -216,5 +218,51 @@ echo p >> /root/.profile; test "$(ls -A /root)" = .profile; test ! -e /bin/cat`
 		if !has(listing[snapshot.KindCopy], want) && !has(listing[snapshot.KindCopy], strings.Replace(want, "bin/busybox link bb", "bb link bin/busybox", 1)) {
 			t.Errorf("copy diff lacks %q: %q", want, listing[snapshot.KindCopy])
 		}
+	}
+}
+
+// The snapshotter's bind views: read-only, or with rw a throwaway layer
+// (an overlay, or a scratch copy when copying) that never writes through.
+func TestBindViews(t *testing.T) {
+	f := newFixture(t)
+	for _, kind := range []snapshot.Kind{snapshot.KindOverlay, snapshot.KindCopy} {
+		t.Run(string(kind), func(t *testing.T) {
+			host := t.TempDir()
+			if err := os.WriteFile(filepath.Join(host, "in.txt"), []byte("in\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			s := f.prepareKind(t, kind, f.base, mount.Point{Path: "/ro", Dir: true}, mount.Point{Path: "/rw", Dir: true}, mount.Point{Path: "/f"})
+			var spec sandbox.Spec
+			for _, v := range []struct {
+				host, target string
+				writable     bool
+			}{{host, "/ro", false}, {host, "/rw", true}, {filepath.Join(host, "in.txt"), "/f", true}} {
+				m, release, err := f.sn.BindView(context.Background(), v.host, v.target, v.writable)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { release() })
+				spec.Mounts = append(spec.Mounts, m)
+			}
+			if want := map[snapshot.Kind]string{snapshot.KindOverlay: "overlay", snapshot.KindCopy: "bind"}[kind]; spec.Mounts[1].Type != want {
+				t.Errorf("writable dir view is %s, want %s", spec.Mounts[1].Type, want)
+			}
+			out, err := run(context.Background(), s, spec, `cat /ro/in.txt
+echo x > /ro/new 2>/dev/null && echo ro-writable || echo ro-readonly
+echo more >> /rw/in.txt && echo new > /rw/new && cat /rw/in.txt /rw/new
+echo f >> /f && cat /f`)
+			if err != nil {
+				t.Fatalf("run: %v\n%s", err, out)
+			}
+			if want := "in\nro-readonly\nin\nmore\nnew\nin\nf\n"; out != want {
+				t.Errorf("got:\n%s\nwant:\n%s", out, want)
+			}
+			if b, _ := os.ReadFile(filepath.Join(host, "in.txt")); string(b) != "in\n" {
+				t.Errorf("a writable view wrote through: %q", b)
+			}
+			if _, err := os.Stat(filepath.Join(host, "new")); err == nil {
+				t.Error("a writable view created a host file")
+			}
+		})
 	}
 }

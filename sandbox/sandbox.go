@@ -24,7 +24,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/minibuild/minibuild/snapshot"
+	"github.com/minibuild/minibuild/mount"
 )
 
 // initEnv marks the re-executed process as the sandbox init.
@@ -35,14 +35,18 @@ const initArg0 = "minibuild-sandbox-init"
 
 // Spec describes one command to run.
 type Spec struct {
-	Rootfs    []snapshot.Mount // the first mount is the root filesystem
-	Args, Env []string         // Env is passed exactly; its PATH finds Args[0]
-	Cwd       string           // created (owned by root) if missing; default "/"
+	Rootfs    []mount.Mount // exactly one: the root filesystem (snapshot.Snapshot.Mounts)
+	Args, Env []string      // Env is passed exactly; its PATH finds Args[0]
+	Cwd       string        // created (owned by root) if missing; default "/"
 	UID, GID  uint32
 	ExtraGIDs []uint32
 	Hostname  string // default "minibuild"
-	// Mounts are mounted inside the rootfs (RUN --mount), parents first.
-	Mounts []Mount
+	// Mounts (RUN --mount: bind views, cache dirs, tmpfs) and Files are
+	// mounted inside the rootfs, parents first. A missing target is
+	// created; the snapshot keeps a target in the layer unless it was
+	// given as a mount point to Prepare.
+	Mounts []mount.Mount
+	Files  []File
 	// Network is NetworkHost (the default: the host's network, so that
 	// package installs work) or NetworkNone (a fresh network namespace
 	// with only loopback, up).
@@ -60,29 +64,20 @@ const (
 	NetworkNone Network = "none"
 )
 
-// Mount is one filesystem mounted inside the rootfs, in the sandbox's own
-// mount namespace: it disappears with the sandbox.
-type Mount struct {
-	// Target is an absolute path in the rootfs. Symlinks along it resolve
-	// inside the rootfs; a missing target is created (the snapshot's
-	// AddMountPoints keeps such stubs out of the layer).
-	Target string
-	// Type is "bind" (Source is a host file or dir), "file" (Data on a
-	// tmpfs private to the step, bound read-only at Target: secrets), or
-	// any mount(2) filesystem type ("tmpfs", "overlay") with Source and
-	// Options as its source and data.
-	Type     string
-	Source   string
-	Options  []string
-	ReadOnly bool
-	// Data, Mode, UID and GID describe a "file" mount's content and owner.
+// File is content mounted read-only at Target (a secret, a heredoc
+// script): it lives on a tmpfs private to the step, never on a disk, and
+// vanishes with the sandbox.
+type File struct {
+	Target   string // absolute in the rootfs
 	Data     []byte
 	Mode     uint32
 	UID, GID uint32
 }
 
-// ErrRootfsMount marks a sandbox that could not mount its root filesystem,
-// e.g. where overlayfs is refused; callers may retry with a copied rootfs.
+// ErrRootfsMount marks a sandbox that could not mount its root filesystem
+// (e.g. an overlay the kernel refuses), as opposed to a failure of the
+// command or of its other mounts. Whether to use overlay at all is the
+// snapshotter's decision (snapshot.Snapshotter.Probe), made beforehand.
 var ErrRootfsMount = errors.New("cannot mount the root filesystem")
 
 // ExitError reports a command that exited non-zero (128+N when killed by
@@ -98,13 +93,14 @@ func (e *ExitError) Error() string {
 // initSpec is what the parent sends the init over a pipe (not argv, which
 // any host user can read).
 type initSpec struct {
-	Rootfs    []snapshot.Mount
+	Rootfs    []mount.Mount
 	Args, Env []string
 	Cwd       string
 	UID, GID  uint32
 	ExtraGIDs []uint32
 	Hostname  string
-	Mounts    []Mount
+	Mounts    []mount.Mount
+	Files     []File
 	Network   Network
 }
 
@@ -151,24 +147,46 @@ func Run(ctx context.Context, spec Spec) error {
 	payload, err := json.Marshal(initSpec{
 		Rootfs: spec.Rootfs, Args: spec.Args, Env: spec.Env, Cwd: spec.Cwd,
 		UID: spec.UID, GID: spec.GID, ExtraGIDs: spec.ExtraGIDs, Hostname: spec.Hostname,
-		Mounts: spec.Mounts, Network: spec.Network,
+		Mounts: spec.Mounts, Files: spec.Files, Network: spec.Network,
 	})
 	if err != nil {
 		return fmt.Errorf("sandbox: encode spec: %w", err)
 	}
+	p, err := startInit(spec, cloneflags)
+	if err != nil {
+		return err
+	}
+	go func() {
+		p.specW.Write(payload) // an early death of the init shows up in Wait
+		p.specW.Close()
+	}()
+	return p.wait(ctx)
+}
+
+// initProc is a started init: the spec pipe to write, its exit and the
+// setup status it reports.
+type initProc struct {
+	cmd    *exec.Cmd
+	specW  *os.File
+	waited chan error
+	status chan initStatus
+}
+
+// startInit starts the init in its new namespaces; fds 3 and 4 are the
+// spec and status pipes.
+func startInit(spec Spec, cloneflags uintptr) (*initProc, error) {
 	specR, specW, err := os.Pipe()
 	if err != nil {
-		return fmt.Errorf("sandbox: %w", err)
+		return nil, fmt.Errorf("sandbox: %w", err)
 	}
-	defer specW.Close()
 	statR, statW, err := os.Pipe()
 	if err != nil {
 		specR.Close()
-		return fmt.Errorf("sandbox: %w", err)
+		specW.Close()
+		return nil, fmt.Errorf("sandbox: %w", err)
 	}
-	defer statR.Close()
-
-	cmd := &exec.Cmd{
+	p := &initProc{specW: specW, waited: make(chan error, 1), status: make(chan initStatus, 1)}
+	p.cmd = &exec.Cmd{
 		Path:       "/proc/self/exe",
 		Args:       []string{initArg0},
 		Env:        []string{initEnv + "=1"},
@@ -181,29 +199,29 @@ func Run(ctx context.Context, spec Spec) error {
 			Setpgid:    true, // the terminal's ^C goes to us; we decide
 		},
 	}
-
 	started := make(chan error, 1)
-	waited := make(chan error, 1)
 	go func() {
 		// Pdeathsig fires when the thread that forked exits: keep it
 		// alive until the init is reaped.
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
+		if err := p.cmd.Start(); err != nil {
 			started <- err
 			return
 		}
 		started <- nil
-		waited <- cmd.Wait()
+		p.waited <- p.cmd.Wait()
 	}()
 	err = <-started
 	specR.Close()
 	statW.Close()
 	if err != nil {
-		return fmt.Errorf("sandbox: start init: %w", err)
+		specW.Close()
+		statR.Close()
+		return nil, fmt.Errorf("sandbox: start init: %w", err)
 	}
-	status := make(chan initStatus, 1)
 	go func() {
+		defer statR.Close()
 		var st initStatus
 		b, _ := io.ReadAll(statR)
 		if len(b) > 0 {
@@ -211,23 +229,24 @@ func Run(ctx context.Context, spec Spec) error {
 				st.Error = strings.TrimSpace(string(b))
 			}
 		}
-		status <- st
+		p.status <- st
 	}()
-	go func() {
-		specW.Write(payload) // an early death of the init shows up in Wait
-		specW.Close()
-	}()
+	return p, nil
+}
 
+// wait waits for the init to exit, or kills it when ctx ends, and turns
+// its end into Run's error.
+func (p *initProc) wait(ctx context.Context) error {
 	var werr error
 	select {
-	case werr = <-waited:
+	case werr = <-p.waited:
 	case <-ctx.Done():
-		cmd.Process.Kill() // pid 1 dies, the kernel kills the namespace
-		<-waited
-		<-status
+		p.cmd.Process.Kill() // pid 1 dies, the kernel kills the namespace
+		<-p.waited
+		<-p.status
 		return fmt.Errorf("sandbox: %w", ctx.Err())
 	}
-	st := <-status
+	st := <-p.status
 	if st.RootfsMount {
 		return fmt.Errorf("sandbox: %s: %w", st.Error, ErrRootfsMount)
 	}

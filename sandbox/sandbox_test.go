@@ -52,7 +52,7 @@ func newFixture(t *testing.T) *fixture {
 
 func (f *fixture) prepare(t *testing.T, layers []snapshot.Layer) *snapshot.Snapshot {
 	t.Helper()
-	s, err := f.sn.Prepare(context.Background(), layers)
+	s, err := f.sn.Prepare(context.Background(), layers, sandbox.MountPoints()...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +271,9 @@ func TestCancelKillsEverything(t *testing.T) {
 	}
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
-		if b, _ := os.ReadFile(p); bytes.Contains(b, []byte(marker)) || bytes.Contains(b, []byte("minibuild-sandbox-init")) {
+		// Only this process's inits: other builds may share the machine.
+		b, _ := os.ReadFile(p)
+		if bytes.Contains(b, []byte(marker)) || (bytes.Contains(b, []byte("minibuild-sandbox-init")) && parentOf(p) == os.Getpid()) {
 			t.Errorf("process left behind: %s %q", p, b)
 		}
 	}
@@ -308,4 +310,23 @@ func TestScratch(t *testing.T) {
 	if err == nil {
 		t.Error("running in an empty rootfs succeeded")
 	}
+}
+
+// parentOf returns the parent pid of the process whose /proc/PID/cmdline
+// is cmdline, or -1.
+func parentOf(cmdline string) int {
+	b, err := os.ReadFile(filepath.Join(filepath.Dir(cmdline), "stat"))
+	if err != nil {
+		return -1
+	}
+	// pid (comm) state ppid …; comm may hold spaces, so cut at the last ')'.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 2 {
+		return -1
+	}
+	ppid, err := strconv.Atoi(f[1])
+	if err != nil {
+		return -1
+	}
+	return ppid
 }

@@ -1,7 +1,6 @@
 package snapshot
 
 import (
-	"archive/tar"
 	"context"
 	"errors"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -44,113 +42,44 @@ type baseEntry struct {
 	children []string
 }
 
-// materialize copies the merged view of c into the empty dir dst: the
-// topmost entry of each path wins, whiteouts hide, opaque dirs stop the
-// layers below. Hard links of the chain are copied as separate files, as
+// materialize copies the merged view of c into the empty dir dst (see
+// union.go). Hard links of the chain are copied as separate files, as
 // overlay presents them once written.
 func materialize(ctx context.Context, c chain, dst string) error {
-	m := &materializer{ctx: ctx}
-	var layers []string
-	for _, l := range c {
-		layers = append(layers, l)
-		if isOpaque(l) {
-			break
-		}
-	}
-	if len(layers) == 0 {
+	if len(c) == 0 {
 		return nil
 	}
-	if err := m.dir("", layers, dst); err != nil {
+	err := c.walk(ctx, "", func(rel string, e entry) error {
+		if e.fi.IsDir() {
+			return wrapPath(rel, os.Mkdir(filepath.Join(dst, rel), 0o700))
+		}
+		return wrapPath(rel, copyNode(e.path, filepath.Join(dst, rel), e.fi))
+	}, func(rel string, e entry) error {
+		// Last: filling the dir moved its mtime.
+		return wrapPath(rel, copyMeta(e.path, filepath.Join(dst, rel), e.fi))
+	})
+	if err != nil {
 		return fmt.Errorf("copy rootfs: %w", err)
 	}
-	fi, err := os.Lstat(layers[0])
+	fi, err := os.Lstat(c[0])
 	if err != nil {
 		return err
 	}
-	return copyMeta(layers[0], dst, fi)
+	return copyMeta(c[0], dst, fi)
 }
 
-type materializer struct {
-	ctx context.Context
-	n   int
-}
-
-// dir fills dst (an existing dir) with the merged children of rel, whose
-// host dirs in the visible layers are srcs, top first.
-func (m *materializer) dir(rel string, srcs []string, dst string) error {
-	type winner struct {
-		src    string
-		fi     fs.FileInfo
-		lowers []string // the same path in lower layers, while they are dirs
-	}
-	seen := map[string]bool{}
-	wins := map[string]*winner{}
-	for i, src := range srcs {
-		entries, err := os.ReadDir(src)
-		if err != nil {
-			return err
-		}
-		for _, e := range entries {
-			name := e.Name()
-			if seen[name] {
-				continue
-			}
-			seen[name] = true
-			fi, err := e.Info()
-			if err != nil {
-				return err
-			}
-			if isWhiteout(fi) {
-				continue
-			}
-			w := &winner{src: filepath.Join(src, name), fi: fi}
-			if fi.IsDir() && !isOpaque(w.src) {
-				for _, lower := range srcs[i+1:] {
-					lp := filepath.Join(lower, name)
-					lfi, err := os.Lstat(lp)
-					if errors.Is(err, fs.ErrNotExist) {
-						continue // this layer did not touch it
-					}
-					if err != nil || !lfi.IsDir() {
-						break // a whiteout or a non-dir hides what is below
-					}
-					w.lowers = append(w.lowers, lp)
-					if isOpaque(lp) {
-						break
-					}
-				}
-			}
-			wins[name] = w
-		}
-	}
-	names := make([]string, 0, len(wins))
-	for n := range wins {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	for _, name := range names {
-		if m.n++; m.n%256 == 0 && m.ctx.Err() != nil {
-			return m.ctx.Err()
-		}
-		w := wins[name]
-		target := filepath.Join(dst, name)
-		if err := m.entry(path.Join(rel, name), w.src, w.fi, append([]string{w.src}, w.lowers...), target); err != nil {
-			return fmt.Errorf("%s: %w", path.Join(rel, name), err)
-		}
+func wrapPath(rel string, err error) error {
+	if err != nil {
+		return fmt.Errorf("%s: %w", rel, err)
 	}
 	return nil
 }
 
-func (m *materializer) entry(rel, src string, fi fs.FileInfo, dirSrcs []string, dst string) error {
+// copyNode copies a non-dir with its metadata; sockets are skipped, as
+// they are not part of a layer.
+func copyNode(src, dst string, fi fs.FileInfo) error {
 	st := fi.Sys().(*syscall.Stat_t)
 	switch fi.Mode().Type() {
-	case fs.ModeDir:
-		if err := os.Mkdir(dst, 0o700); err != nil {
-			return err
-		}
-		if err := m.dir(rel, dirSrcs, dst); err != nil {
-			return err
-		}
 	case 0: // regular
 		// Every name gets its own copy: overlay (index=off) breaks a lower
 		// file's hard links on copy-up too, so writing one name must not
@@ -179,7 +108,7 @@ func (m *materializer) entry(rel, src string, fi fs.FileInfo, dirSrcs []string, 
 			return err
 		}
 	default:
-		return nil // sockets are not part of a layer
+		return nil
 	}
 	return copyMeta(src, dst, fi)
 }
@@ -300,14 +229,14 @@ func recordBase(root string) (map[string]baseEntry, error) {
 	return base, nil
 }
 
-// walkCopy emits the changes under the dir rel of a copied rootfs, in the
-// order overlay's Diff would: by name, a whiteout where the name was.
-// fresh tells that rel itself is new (or opaque): everything in it is
-// emitted and nothing recorded under it applies.
-func (d *differ) walkCopy(rel string, fresh bool) error {
+// copyNames lists the dir rel of a copied rootfs for Diff: what is there
+// now and, unless rel is fresh (new, so nothing recorded under it
+// applies), the recorded names that are gone, sorted as overlay's upper
+// dir would list them with a whiteout where the name was.
+func (d *differ) copyNames(rel string, fresh bool) ([]string, map[string]bool, error) {
 	entries, err := os.ReadDir(filepath.Join(d.upper, rel))
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	present := map[string]bool{}
 	names := make([]string, 0, len(entries))
@@ -315,107 +244,37 @@ func (d *differ) walkCopy(rel string, fresh bool) error {
 		present[e.Name()] = true
 		names = append(names, e.Name())
 	}
-	if !fresh {
-		for _, n := range d.s.base[rel].children {
-			if !present[n] {
-				names = append(names, n)
-			}
-		}
-		slices.Sort(names)
+	if fresh {
+		return names, nil, nil
 	}
-	for _, name := range names {
-		p := path.Join(rel, name)
-		if !present[name] {
-			if d.s.stubs[p] {
-				continue
-			}
-			if err := d.whiteout(rel, name); err != nil {
-				return err
-			}
-			continue
-		}
-		if err := d.copyEntry(p, fresh); err != nil {
-			return err
+	gone := map[string]bool{}
+	for _, n := range d.s.base[rel].children {
+		if !present[n] {
+			gone[n] = true
+			names = append(names, n)
 		}
 	}
-	return nil
+	slices.Sort(names)
+	return names, gone, nil
 }
 
-// whiteout emits .wh.NAME for a recorded entry the command removed; its
-// time is the parent's mtime (when the removal happened, or later).
-func (d *differ) whiteout(dir, name string) error {
-	var mtime time.Time
-	if fi, err := os.Lstat(filepath.Join(d.upper, dir)); err == nil {
-		mtime = fi.ModTime()
-	}
-	prefix := dir
-	if prefix != "" {
-		prefix += "/"
-	}
-	return d.emit(&tar.Header{Typeflag: tar.TypeReg, Name: prefix + whiteoutPrefix + name, ModTime: mtime}, nil)
-}
-
-func (d *differ) copyEntry(rel string, fresh bool) error {
-	if d.s.stubs[rel] {
-		return nil
-	}
-	hostPath := filepath.Join(d.upper, rel)
-	fi, err := os.Lstat(hostPath)
-	if err != nil {
-		return err
-	}
-	if fi.Mode()&fs.ModeSocket != 0 {
-		return nil // as in overlay's Diff: sockets are not part of a layer
-	}
+// copyChange compares the entry at rel of a copied rootfs with what
+// Prepare recorded there (see the top of this file).
+func (d *differ) copyChange(rel, hostPath string, fi fs.FileInfo, fresh bool) (change, error) {
 	cur, err := statx(hostPath)
 	if err != nil {
-		return err
+		return change{}, err
 	}
-	st := fi.Sys().(*syscall.Stat_t)
 	was, recorded := d.s.base[rel]
 	recorded = recorded && !fresh
 	same := recorded && was.ino == cur.ino && was.btime == cur.btime
-	changed := !same || was.ctime != cur.ctime
-	hdr, err := header(rel, hostPath, fi)
-	if err != nil {
-		return err
-	}
-	if !fi.IsDir() {
-		if !changed {
-			return nil
-		}
-		if fi.Mode().IsRegular() {
-			return d.emitFile(rel, hostPath, hdr, st)
-		}
-		return d.emit(hdr, nil)
-	}
-	hdr.Name += "/"
 	// A new dir where the chain had something is opaque, as overlay makes
-	// a dir created over a whiteout.
-	opaque := recorded && !same
-	meta, stubParent := d.s.stubParents[rel]
-	stubOnly := stubParent && meta == (dirMeta{mode: st.Mode & 0o7777, uid: st.Uid, gid: st.Gid})
-	if !changed || stubOnly {
-		// Unchanged (or there only for a stub): emit it once something
-		// inside is.
-		d.pending = append(d.pending, hdr)
-		n := len(d.pending)
-		if err := d.walkCopy(rel, !same); err != nil {
-			return err
-		}
-		if len(d.pending) >= n {
-			d.pending = d.pending[:n-1]
-		}
-		return nil
-	}
-	if err := d.emit(hdr, nil); err != nil {
-		return err
-	}
-	if opaque {
-		opq := &tar.Header{Typeflag: tar.TypeReg, Name: rel + "/" + whiteoutOpaque, ModTime: fi.ModTime()}
-		if err := d.emit(opq, nil); err != nil {
-			return err
-		}
-	}
-	return d.walkCopy(rel, !same)
+	// a dir created over a whiteout; a stub parent the chain lacked never
+	// is (stubParents of a copy are only those).
+	_, stubParent := d.s.stubParents[rel]
+	return change{
+		changed: !same || was.ctime != cur.ctime,
+		opaque:  fi.IsDir() && recorded && !same && !stubParent,
+		fresh:   !same,
+	}, nil
 }

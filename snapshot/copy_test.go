@@ -2,9 +2,11 @@ package snapshot
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 
+	"github.com/minibuild/minibuild/mount"
 	"github.com/minibuild/minibuild/snapshot/snapshottest"
 )
 
@@ -23,7 +25,7 @@ func TestCopyMaterializesChain(t *testing.T) {
 		t.Fatal(err)
 	}
 	sn.SetKind(KindCopy)
-	s, err := sn.Prepare(context.Background(), []Layer{base, mid, top}, MountPoint{Path: "/run/secrets/x"})
+	s, err := sn.Prepare(context.Background(), []Layer{base, mid, top}, sandboxPoints(mount.Point{Path: "/run/secrets/x"})...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,22 +41,50 @@ func TestCopyMaterializesChain(t *testing.T) {
 	}
 }
 
-// auto switches to copying once, when told an overlay mount failed.
-func TestKindFallback(t *testing.T) {
-	sn, err := New(t.TempDir(), nil)
+// auto copies when the probe mount fails, and says why once; an explicit
+// kind never probes.
+func TestProbeFallback(t *testing.T) {
+	requireRoot(t)
+	b := &snapshottest.Blobs{}
+	base := addLayer(t, b, E{Name: "a", Mode: 0o644, Body: "a"})
+	sn, err := New(t.TempDir(), b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sn.Kind() != KindOverlay {
-		t.Errorf("auto starts as %s", sn.Kind())
+	if err := sn.Probe(); err != nil {
+		t.Fatalf("overlay does not work here: %v", err)
 	}
-	if !sn.OverlayFailed() || sn.Kind() != KindCopy || sn.OverlayFailed() {
-		t.Errorf("auto after a failed overlay: kind %s", sn.Kind())
+	if sn.copies() {
+		t.Error("auto copies where overlay works")
 	}
-	sn2, _ := New(t.TempDir(), nil)
-	sn2.SetKind(KindOverlay)
-	if sn2.OverlayFailed() || sn2.Kind() != KindOverlay {
-		t.Error("an explicit overlay kind fell back")
+	sn.SetKind(KindAuto)
+	sn.probeOverlay = func() error { return errors.New("refused") }
+	if err := sn.Probe(); err == nil || err.Error() != "refused" {
+		t.Errorf("first Probe after a failed mount = %v, want the reason", err)
+	}
+	if err := sn.Probe(); err != nil {
+		t.Errorf("second Probe = %v, want nil (told once)", err)
+	}
+	s, err := sn.Prepare(context.Background(), []Layer{base})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Release()
+	if m := s.Mounts(); m[0].Type != "bind" {
+		t.Errorf("auto after a failed probe mounts %+v, want a copy", m)
+	}
+	v, release, err := sn.BindView(context.Background(), t.TempDir(), "/src", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	if v.Type != "bind" || v.ReadOnly || v.Target != "/src" {
+		t.Errorf("writable bind view while copying = %+v, want a bind of a scratch copy", v)
+	}
+	sn.SetKind(KindOverlay)
+	sn.probeOverlay = func() error { t.Error("an explicit kind probed"); return nil }
+	if err := sn.Probe(); err != nil || sn.copies() {
+		t.Errorf("explicit overlay: Probe %v, copies %v", err, sn.copies())
 	}
 	for in, want := range map[string]Kind{"": KindAuto, "copy": KindCopy, "overlay": KindOverlay, "auto": KindAuto} {
 		if k, err := ParseKind(in); err != nil || k != want {
@@ -63,5 +93,38 @@ func TestKindFallback(t *testing.T) {
 	}
 	if _, err := ParseKind("zfs"); err == nil {
 		t.Error("ParseKind(zfs) succeeded")
+	}
+}
+
+// overlayfs ignores an opaque marker on a layer's root (only dirs inside
+// a layer can be opaque): the copy, the view and lookups agree with it.
+func TestRootOpaqueIgnored(t *testing.T) {
+	requireRoot(t)
+	b := &snapshottest.Blobs{}
+	base := addLayer(t, b, E{Name: "a", Mode: 0o644, Body: "a"})
+	top := addLayer(t, b, E{Name: ".wh..wh..opq"}, E{Name: "b", Mode: 0o644, Body: "b"})
+	sn, err := New(t.TempDir(), b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn.SetKind(KindCopy)
+	ctx := context.Background()
+	s, err := sn.Prepare(ctx, []Layer{base, top})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Release()
+	if got := strings.Join(tree(t, s.Mounts()[0].Source), " "); got != "a b" {
+		t.Errorf("copied rootfs: %s, want a b", got)
+	}
+	view, err := sn.View(ctx, []Layer{base, top})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(tree(t, view), " "); got != "a b" {
+		t.Errorf("view: %s, want a b", got)
+	}
+	if _, err := sn.Stat(ctx, []Layer{base, top}, "/a"); err != nil {
+		t.Errorf("Stat /a: %v", err)
 	}
 }

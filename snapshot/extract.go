@@ -211,21 +211,7 @@ func extractEntry(root string, hdr *tar.Header, body io.Reader, dirs *[]dirTime)
 	}
 	base := path.Base(rel)
 	if strings.HasPrefix(base, whiteoutPrefix) {
-		switch {
-		case base == whiteoutOpaque:
-			return unix.Lsetxattr(parent, opaqueXattr, []byte("y"), 0)
-		case strings.HasPrefix(base, whiteoutMeta):
-			return nil // aufs metadata; meaningless here
-		}
-		name := strings.TrimPrefix(base, whiteoutPrefix)
-		if name == "" || name == "." || name == ".." {
-			return fmt.Errorf("invalid whiteout name")
-		}
-		target := filepath.Join(parent, name)
-		if err := removeAllForce(target); err != nil {
-			return err
-		}
-		return unix.Mknod(target, unix.S_IFCHR, 0)
+		return extractWhiteout(parent, base)
 	}
 	target := filepath.Join(parent, base)
 	if fi, err := os.Lstat(target); err == nil && !(fi.IsDir() && hdr.Typeflag == tar.TypeDir) {
@@ -233,60 +219,81 @@ func extractEntry(root string, hdr *tar.Header, body io.Reader, dirs *[]dirTime)
 			return err
 		}
 	}
-	mode := uint32(hdr.Mode & 0o7777)
-	switch hdr.Typeflag {
-	case tar.TypeDir:
+	if hdr.Typeflag == tar.TypeDir {
 		if err := os.Mkdir(target, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return err
 		}
 		*dirs = append(*dirs, dirTime{target, hdr.ModTime})
+		return applyMeta(target, hdr) // its time is set once its content is in
+	}
+	if done, err := createEntry(root, target, hdr, body); err != nil || done {
+		return err
+	}
+	if err := applyMeta(target, hdr); err != nil {
+		return err
+	}
+	return setTimes(target, hdr.ModTime)
+}
+
+// extractWhiteout turns the OCI whiteout base (.wh.NAME or the opaque
+// marker) in the dir parent into overlay's form.
+func extractWhiteout(parent, base string) error {
+	switch {
+	case base == whiteoutOpaque:
+		return unix.Lsetxattr(parent, opaqueXattr, []byte("y"), 0)
+	case strings.HasPrefix(base, whiteoutMeta):
+		return nil // aufs metadata; meaningless here
+	}
+	name := strings.TrimPrefix(base, whiteoutPrefix)
+	if name == "" || name == "." || name == ".." {
+		return fmt.Errorf("invalid whiteout name")
+	}
+	target := filepath.Join(parent, name)
+	if err := removeAllForce(target); err != nil {
+		return err
+	}
+	return unix.Mknod(target, unix.S_IFCHR, 0)
+}
+
+// createEntry creates the non-dir hdr describes at target; done tells
+// that it needs no metadata of its own (a hard link, or a type a rootfs
+// does not hold).
+func createEntry(root, target string, hdr *tar.Header, body io.Reader) (done bool, err error) {
+	mode := uint32(hdr.Mode & 0o7777)
+	switch hdr.Typeflag {
 	case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old tars still use '\x00'
 		f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY|unix.O_NOFOLLOW, 0o600)
 		if err != nil {
-			return err
+			return true, err
 		}
 		_, err = io.Copy(f, body)
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
-		if err != nil {
-			return err
-		}
+		return false, err
 	case tar.TypeSymlink:
 		// The target text is kept verbatim; it is only ever resolved
 		// inside a rootfs (by the kernel after pivot_root, or by resolve).
-		if err := os.Symlink(hdr.Linkname, target); err != nil {
-			return err
-		}
+		return false, os.Symlink(hdr.Linkname, target)
 	case tar.TypeLink:
 		lrel := strings.TrimPrefix(path.Clean("/"+hdr.Linkname), "/")
 		if lrel == "" {
-			return fmt.Errorf("hard link to the root")
+			return true, fmt.Errorf("hard link to the root")
 		}
 		lparent, err := securejoin.SecureJoin(root, path.Dir(lrel))
 		if err != nil {
-			return err
+			return true, err
 		}
 		// link(2) does not follow a final symlink, so this stays in root.
 		if err := os.Link(filepath.Join(lparent, path.Base(lrel)), target); err != nil {
-			return fmt.Errorf("hard link: %w", err)
+			return true, fmt.Errorf("hard link: %w", err)
 		}
-		return nil // the inode's metadata came with its first name
+		return true, nil // the inode's metadata came with its first name
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
 		typ := map[byte]uint32{tar.TypeChar: unix.S_IFCHR, tar.TypeBlock: unix.S_IFBLK, tar.TypeFifo: unix.S_IFIFO}[hdr.Typeflag]
-		if err := unix.Mknod(target, typ|mode, int(unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor)))); err != nil {
-			return err
-		}
-	default:
-		return nil // e.g. GNU sparse or volume headers: not part of a rootfs
+		return false, unix.Mknod(target, typ|mode, int(unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))))
 	}
-	if err := applyMeta(target, hdr); err != nil {
-		return err
-	}
-	if hdr.Typeflag != tar.TypeDir {
-		return setTimes(target, hdr.ModTime)
-	}
-	return nil
+	return true, nil // e.g. GNU sparse or volume headers: not part of a rootfs
 }
 
 // applyMeta sets owner, xattrs and mode (in that order: chown clears the

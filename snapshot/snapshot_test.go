@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/minibuild/minibuild/layer"
+	"github.com/minibuild/minibuild/mount"
 	"github.com/minibuild/minibuild/snapshot/snapshottest"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
@@ -36,6 +37,17 @@ func addLayer(t *testing.T, b *snapshottest.Blobs, entries ...E) Layer {
 		t.Fatal(err)
 	}
 	return Layer{Digest: d, DiffID: diffID}
+}
+
+// sandboxPoints are the sandbox's own mount points (as
+// sandbox.MountPoints declares them) plus extra, as the executor passes them.
+func sandboxPoints(extra ...mount.Point) []mount.Point {
+	points := []mount.Point{{Path: "/dev", Dir: true}, {Path: "/proc", Dir: true}, {Path: "/sys", Dir: true},
+		{Path: "/etc/hosts"}, {Path: "/etc/resolv.conf"}}
+	for i := range points {
+		points[i].Optional = true
+	}
+	return append(points, extra...)
 }
 
 // tree lists every path under root (slash, relative) with a type letter.
@@ -381,7 +393,7 @@ func TestDiffUpper(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := sn.Prepare(context.Background(), []Layer{base})
+	s, err := sn.Prepare(context.Background(), []Layer{base}, sandboxPoints()...)
 	if err != nil {
 		t.Fatal(err)
 	}

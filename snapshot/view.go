@@ -58,88 +58,16 @@ func (sn *Snapshotter) View(ctx context.Context, layers []Layer) (string, error)
 }
 
 // mergeLayers fills root with the union of the chain's layer dirs (top
-// first), as overlayfs would show it: the topmost entry wins, whiteouts
-// hide a path and what is below it, opaque dirs hide the lower layers'
-// content. Files are hard-linked, dirs and symlinks recreated with their
-// owners and modes; devices and fifos are left out.
+// first), as overlayfs would show it. Files are hard-linked, dirs and
+// symlinks recreated with their owners and modes; devices and fifos are
+// left out.
 func mergeLayers(ctx context.Context, c chain, root string) error {
-	hidden := map[string]bool{} // paths hidden from the layers still to come
-	var dirs []dirTime          // mtimes to restore once the dirs are filled
-	isHidden := func(rel string) bool {
-		for p := rel; ; p = filepath.Dir(p) {
-			if hidden[p] {
-				return true
-			}
-			if p == "." || p == "/" {
-				return false
-			}
-		}
-	}
-	for _, dir := range c {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		var hideNext []string
-		err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			rel, _ := filepath.Rel(dir, p)
-			if rel == "." {
-				return nil
-			}
-			fi, err := d.Info()
-			if err != nil {
-				return err
-			}
-			if isHidden(rel) {
-				return skip(d)
-			}
-			if isWhiteout(fi) {
-				hideNext = append(hideNext, rel)
-				return nil
-			}
-			target := filepath.Join(root, rel)
-			if prev, err := os.Lstat(target); err == nil {
-				if prev.IsDir() && d.IsDir() {
-					if isOpaque(p) {
-						hideNext = append(hideNext, rel)
-					}
-					return nil // merge into the upper dir
-				}
-				// An upper layer's entry wins; this one, not a dir under
-				// a dir, still hides the layers below, as in overlay.
-				hideNext = append(hideNext, rel)
-				return skip(d)
-			}
-			if d.IsDir() {
-				if isOpaque(p) {
-					hideNext = append(hideNext, rel)
-				}
-				dirs = append(dirs, dirTime{target, fi.ModTime()})
-			}
-			return placeEntry(p, target, fi)
-		})
-		if err != nil {
-			return err
-		}
-		for _, rel := range hideNext {
-			hidden[rel] = true
-		}
-	}
-	for i := len(dirs) - 1; i >= 0; i-- {
-		if err := setTimes(dirs[i].path, dirs[i].mtime); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func skip(d fs.DirEntry) error {
-	if d.IsDir() {
-		return filepath.SkipDir
-	}
-	return nil
+	return c.walk(ctx, "", func(rel string, e entry) error {
+		return placeEntry(e.path, filepath.Join(root, rel), e.fi)
+	}, func(rel string, e entry) error {
+		// Last: filling the dir moved its mtime.
+		return setTimes(filepath.Join(root, rel), e.fi.ModTime())
+	})
 }
 
 // placeEntry puts one layer entry into the view.
