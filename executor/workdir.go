@@ -72,11 +72,17 @@ func (o *workdirOp) execute(ctx context.Context) (*cache.Record, error) {
 }
 
 // missingDirs lists the dir and its parents that the image lacks, top
-// first.
+// first, where they really are: the path is resolved in the rootfs first,
+// so a WORKDIR through a symlink (dangling or not) creates its target
+// inside the rootfs, never a dir over the link (BuildKit's mkdir -p).
 func (o *workdirOp) missingDirs(ctx context.Context) ([]string, error) {
 	r := o.s.run
+	dir, err := r.b.opts.Snapshots.Resolve(ctx, r.state.snapshotLayers(), o.dir)
+	if err != nil {
+		return nil, err
+	}
 	var missing []string
-	for d := o.dir; d != "/"; d = path.Dir(d) {
+	for d := dir; d != "/"; d = path.Dir(d) {
 		_, err := r.b.opts.Snapshots.Stat(ctx, r.state.snapshotLayers(), d)
 		if err == nil {
 			break

@@ -138,6 +138,26 @@ func (sn *Snapshotter) Lstat(ctx context.Context, layers []Layer, p string) (fs.
 	return fi, err
 }
 
+// Resolve returns the absolute path p names in the rootfs of layers, as
+// the kernel would resolve it inside that root: ".." applied, every
+// symlink followed (absolute targets against the rootfs root, never out
+// of it), and the components from the first missing one kept as written.
+// It is where an instruction that writes p must write.
+func (sn *Snapshotter) Resolve(ctx context.Context, layers []Layer, p string) (string, error) {
+	ids, err := sn.ensure(ctx, layers)
+	if err != nil {
+		return "", err
+	}
+	if len(ids) == 0 {
+		ids = []string{emptyDir}
+	}
+	rel, err := sn.chainOf(ids).canonical(p)
+	if err != nil {
+		return "", &fs.PathError{Op: "resolve", Path: p, Err: err}
+	}
+	return "/" + rel, nil
+}
+
 // ReadFile reads path from the rootfs of layers, e.g. /etc/passwd for USER.
 func (sn *Snapshotter) ReadFile(ctx context.Context, layers []Layer, p string) ([]byte, error) {
 	hostPath, fi, err := sn.stat(ctx, layers, p, true)

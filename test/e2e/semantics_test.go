@@ -120,3 +120,34 @@ func TestRunHeredocShebang(t *testing.T) {
 		t.Errorf("/dev/pipes leaked into the image")
 	}
 }
+
+// WORKDIR through a symlink resolves inside the rootfs: an existing link
+// to a dir is used as is, a dangling one gets its target created (absolute
+// targets against the rootfs root), and the link itself stays a link.
+func TestWorkdirThroughSymlink(t *testing.T) {
+	e := newEnv(t)
+	ctx := project(t, `FROM busybox
+RUN mkdir -p /srv/real && ln -s /srv/real /app && ln -s /srv/later /dangling && ln -s ../../../../srv/up /escape
+WORKDIR /app
+RUN pwd -P > /app-pwd
+WORKDIR /dangling/sub
+RUN pwd -P > /dangling-pwd
+WORKDIR /escape
+RUN pwd -P > /escape-pwd && readlink /escape > /escape-link
+`, nil)
+	out := filepath.Join(t.TempDir(), "rootfs")
+	e.build(ctx, nil, "-o", "type=local,dest="+out)
+	for file, want := range map[string]string{"app-pwd": "/srv/real", "dangling-pwd": "/srv/later/sub", "escape-pwd": "/srv/up",
+		"escape-link": "../../../../srv/up"} {
+		if got := strings.TrimSpace(readFile(t, filepath.Join(out, file))); got != want {
+			t.Errorf("/%s = %q, want %q", file, got, want)
+		}
+	}
+	// (-o type=local drops /escape itself: go-containerregistry's flattening
+	// refuses relative links that leave the rootfs.)
+	for _, link := range []string{"app", "dangling"} {
+		if fi, err := os.Lstat(filepath.Join(out, link)); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+			t.Errorf("/%s is no longer a symlink: %v %v", link, fi, err)
+		}
+	}
+}
