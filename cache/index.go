@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/minibuild/minibuild/internal/atomicfile"
+	"github.com/minibuild/minibuild/internal/flock"
 )
 
 // ErrMiss reports that the index holds no record for a key.
@@ -45,7 +47,7 @@ type Index struct {
 
 // OpenIndex returns the index kept in dir, creating it when needed.
 func OpenIndex(dir string) (*Index, error) {
-	for _, d := range []string{"records", "hints"} {
+	for _, d := range []string{"records", "hints", "locks"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			return nil, fmt.Errorf("open cache index: %w", err)
 		}
@@ -95,6 +97,19 @@ func hintKey(parent digest.Digest, parts ...string) digest.Digest {
 	writeField(h, string(parent))
 	writeList(h, parts)
 	return digest.NewDigest(digest.SHA256, h)
+}
+
+// Lock waits until this process is the only one executing the step of
+// key, or ctx ends: concurrent builds that reach the same key execute it
+// once, and the later ones find its record (BuildKit dedupes identical
+// steps inside its daemon; without a daemon, the index does). release
+// frees it; a killed process frees it too.
+func (x *Index) Lock(ctx context.Context, key digest.Digest) (release func(), err error) {
+	release, err = flock.Path(ctx, filepath.Join(x.dir, "locks", key.Encoded()))
+	if err != nil {
+		return nil, fmt.Errorf("lock cache key %s: %w", key, err)
+	}
+	return release, nil
 }
 
 func (x *Index) recordPath(key digest.Digest) string {

@@ -56,12 +56,29 @@ func (s *step) exec(ctx context.Context, parent digest.Digest) (digest.Digest, e
 	defer o.release()
 	b, key := s.run.b, in.Key()
 	b.noteKey(s.run.index, key)
+	reuse := func(rec *cache.Record) (digest.Digest, error) {
+		s.apply(rec)
+		b.count(true)
+		s.run.report(Event{Step: s.n, Instruction: instr, Status: StatusCached, Key: string(key), Duration: time.Since(start)})
+		return key, nil
+	}
 	if !s.run.missed && !b.opts.NoCache {
 		if rec, ok := s.lookup(ctx, key, in); ok {
-			s.apply(rec)
-			b.count(true)
-			s.run.report(Event{Step: s.n, Instruction: instr, Status: StatusCached, Key: string(key), Duration: time.Since(start)})
-			return key, nil
+			return reuse(rec)
+		}
+	}
+	if !b.opts.NoCache {
+		// One execution per key across builds: wait for another build
+		// executing this very step, then take its result.
+		unlock, err := b.opts.Cache.Lock(ctx, key)
+		if err != nil {
+			return "", s.fail(err)
+		}
+		defer unlock()
+		if !s.run.missed {
+			if rec, ok := s.lookup(ctx, key, in); ok {
+				return reuse(rec)
+			}
 		}
 	}
 	reason := s.missReason(in)

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/minibuild/minibuild/internal/flock"
 )
 
 // Cache mounts (RUN --mount=type=cache) are persistent dirs under
@@ -101,7 +103,7 @@ func (sn *Snapshotter) CacheMount(ctx context.Context, id string, opts CacheMoun
 				}
 				return nil, fmt.Errorf("cache mount %s: %w", id, err)
 			}
-			if err := flockWait(ctx, f, how); err != nil {
+			if err := flock.Wait(ctx, f, how); err != nil {
 				f.Close()
 				return nil, fmt.Errorf("cache mount %s: %w", id, err)
 			}
@@ -285,22 +287,4 @@ func stillAt(f *os.File, p string) bool {
 	a, err1 := f.Stat()
 	b, err2 := os.Lstat(p)
 	return err1 == nil && err2 == nil && os.SameFile(a, b)
-}
-
-// flockWait takes a flock on f, polling so that ctx can end the wait.
-func flockWait(ctx context.Context, f *os.File, how int) error {
-	for {
-		err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
 }

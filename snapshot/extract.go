@@ -20,6 +20,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
+
+	"github.com/minibuild/minibuild/internal/flock"
 )
 
 const (
@@ -54,7 +56,7 @@ func (sn *Snapshotter) extractLayer(ctx context.Context, l Layer, id string) err
 	if _, err := os.Lstat(dst); err == nil {
 		return nil
 	}
-	unlock, err := lockPath(ctx, dst+".lock")
+	unlock, err := flock.Path(ctx, dst+".lock")
 	if err != nil {
 		return fmt.Errorf("extract layer %s: lock: %w", l.Digest, err)
 	}

@@ -11,6 +11,8 @@ import (
 	"sync"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/minibuild/minibuild/internal/flock"
 )
 
 // Ingest extracts a layer while it is being written: the layer writer
@@ -102,7 +104,7 @@ func (in *Ingest) Commit(ctx context.Context, diffID digest.Digest) error {
 		return err
 	}
 	dst := filepath.Join(in.sn.layersDir, id)
-	unlock, err := lockPath(ctx, dst+".lock")
+	unlock, err := flock.Path(ctx, dst+".lock")
 	if err != nil {
 		return fmt.Errorf("ingest layer %s: lock: %w", diffID, err)
 	}

@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -325,5 +328,47 @@ func TestBaseKeyedOnContentNotPackaging(t *testing.T) {
 	}
 	if first.steps[0].Key != again.steps[0].Key {
 		t.Errorf("FROM keys differ: %s vs %s", first.steps[0].Key, again.steps[0].Key)
+	}
+}
+
+// Concurrent builds on one --root that reach the same step execute it
+// once: the others wait for it and reuse its record, so every image names
+// the same layer (issue 13: 8 builds stored 2–3 layers for one step).
+func TestConcurrentBuildsExecuteASharedStepOnce(t *testing.T) {
+	e := newEnv(t)
+	ctx := project(t, "FROM busybox\nRUN sleep 1 && date +%s%N > /stamp\nLABEL done=yes\n", nil)
+	const builds = 8
+	results := make([]result, builds)
+	var wg sync.WaitGroup
+	for i := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cmd := exec.Command(the.bin, "build", "--root", e.root, "--progress=json", ctx)
+			cmd.Env = cleanEnv()
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			results[i] = result{args: cmd.Args, stdout: stdout.String(), stderr: stderr.String()}
+			if err != nil {
+				results[i].code = -1
+			}
+		}()
+	}
+	wg.Wait()
+	executed, images := 0, map[string]bool{}
+	for _, r := range results {
+		if r.code != 0 {
+			t.Fatalf("a concurrent build failed:\n%s", r)
+		}
+		b := parseBuild(t, r)
+		run := b.steps[b.find(t, "RUN sleep 1")]
+		if run.Status == "done" {
+			executed++
+		}
+		images[b.res.ImageID] = true
+	}
+	if executed != 1 || len(images) != 1 {
+		t.Errorf("the shared RUN executed %d times over %d builds, giving %d different images; want once, one image", executed, builds, len(images))
 	}
 }
