@@ -10,6 +10,11 @@ BASE_DIR := examples/base
 APP_DIR  := examples/python-app
 E2EFLAGS ?= -v
 export PATH := /usr/local/go/bin:$(PATH)
+# What `minibuild version` reports (the binary also reads vcs.revision from
+# its build info when go stamps it).
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
 # Debian packages each target needs (installed when missing and running as root).
 DEMO_PKGS  := busybox-static
@@ -21,7 +26,7 @@ BENCH_PKGS := busybox-static hyperfine
 all: build
 
 build:
-	$(GO) build -o $(BIN) ./cmd/minibuild
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/minibuild
 
 # go vet, the unit tests of every package, then the end-to-end tests over the
 # real binary (those need root: namespaces, overlayfs, chown).

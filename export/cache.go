@@ -3,9 +3,9 @@ package export
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
 	"github.com/minibuild/minibuild/cache"
 	"github.com/minibuild/minibuild/cache/remote"
@@ -47,56 +47,55 @@ func importCaches(ctx context.Context, st *store.Store, specs []remote.Spec, reg
 	return out
 }
 
-// hasInline tells whether a --cache-to is type=inline.
-func hasInline(specs []remote.Spec) bool {
+// inlineSpec is the type=inline --cache-to, if any.
+func inlineSpec(specs []remote.Spec) (remote.Spec, bool) {
 	for _, sp := range specs {
 		if sp.Type == "inline" {
-			return true
+			return sp, true
 		}
 	}
-	return false
+	return remote.Spec{}, false
 }
 
-// embedInline stores a copy of the image whose manifest carries the
-// records of its own layers (--cache-to type=inline), and makes res name
-// it: the manifest, so res.Image and res.Digest, change; the config, so
-// res.ID, does not.
-func embedInline(st *store.Store, idx *cache.Index, res *executor.Result) error {
+// inlineRecords is the manifest annotation of --cache-to type=inline: the
+// records of the image's own layers.
+func inlineRecords(st *store.Store, idx *cache.Index, res *executor.Result) (map[string]string, error) {
 	val, err := remote.Collect(st, idx, res.ImageKeys).Only(layerDigests(res.Image)).Encode()
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("inline cache: %w", err)
 	}
-	img := mutate.Annotations(res.Image, map[string]string{remote.InlineAnnotation: val}).(v1.Image)
-	md, err := st.WriteImage(img)
-	if err != nil {
-		return fmt.Errorf("inline cache: %w", err)
-	}
-	if res.Image, err = st.Image(md.String()); err != nil {
-		return fmt.Errorf("inline cache: %w", err)
-	}
-	res.Digest = md
-	return nil
+	return map[string]string{remote.InlineAnnotation: val}, nil
 }
 
 // exportCaches writes the records of res (mode=min: the image's steps;
-// mode=max: every step) to each registry or local --cache-to.
-func exportCaches(ctx context.Context, st *store.Store, idx *cache.Index, res *executor.Result, specs []remote.Spec, reg Registry) error {
+// mode=max: every step) to each registry or local --cache-to. A failure
+// names the cache; with ignore-error=true it is one warning line and the
+// build goes on, as BuildKit's exporters.
+func exportCaches(ctx context.Context, st *store.Store, idx *cache.Index, res *executor.Result, specs []remote.Spec, reg Registry, warn func(string)) error {
 	for _, sp := range specs {
 		keys := res.ImageKeys
 		if sp.Mode == "max" {
 			keys = res.StepKeys
 		}
 		c := remote.Collect(st, idx, keys)
+		var err error
+		where := sp.Ref
 		switch sp.Type {
 		case "registry":
-			if _, err := remote.ExportRegistry(ctx, st, c, sp.Ref, reg.options()); err != nil {
-				return err
-			}
+			_, err = remote.ExportRegistry(ctx, st, c, sp.Ref, reg.options())
 		case "local":
-			if err := remote.ExportLocal(st, c, sp.Dir); err != nil {
-				return err
-			}
+			where = sp.Dir
+			err = remote.ExportLocal(st, c, sp.Dir)
+		default:
+			continue
 		}
+		if err == nil {
+			continue
+		}
+		if !sp.IgnoreError {
+			return fmt.Errorf("--cache-to %s: %w", where, err)
+		}
+		warn(fmt.Sprintf("--cache-to %s: %s; the build goes on (ignore-error=true)", where, strings.ReplaceAll(err.Error(), "\n", "; ")))
 	}
 	return nil
 }

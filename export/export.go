@@ -1,7 +1,8 @@
 // Package export does what surrounds a build: before it, it imports the
 // --cache-from caches; after it, it embeds inline cache records, pushes
-// the image, tags it in the store, writes the -o outputs and the
-// --iidfile, and exports the cache. It is also the commands' one way to
+// the image, exports the cache, tags it in the store, writes the -o
+// outputs, the --iidfile and the --metadata-file. It also reads a build
+// context from a tar stream (ContextFromTar). It is also the commands' one way to
 // registries (Registry: push, pull, login, logout) and to image tarballs
 // (Save), so that cmd/minibuild only turns flags into options.
 //
@@ -14,6 +15,9 @@ package export
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -34,32 +38,49 @@ type Request struct {
 	CacheTo   []string // --cache-to specs
 	IIDFile   string   // --iidfile: where the image id is written
 	Registry  Registry // how pushes and cache transfers reach registries
+	// Annotations are --annotation values (ParseAnnotations): the manifest's.
+	Annotations []string
+	// MetadataFile is --metadata-file: buildx's keys and minibuild's own.
+	MetadataFile string
+	// Stdout receives the one output whose dest is "-" (nil: os.Stdout).
+	Stdout io.Writer
+	// Warn reports what does not fail the build (an ignore-error cache
+	// export); nil drops it. Build reports through opts.Progress instead.
+	Warn func(string)
 }
 
 // Plan is a checked Request.
 type Plan struct {
-	tags      []string
-	outputs   []Output
-	pushTo    []string
-	cacheFrom []remote.Spec
-	cacheTo   []remote.Spec
-	iidfile   string
-	registry  Registry
+	tags        []string // -t and type=image names: tagged in the store
+	outputs     []Output
+	pushTo      []string
+	cacheFrom   []remote.Spec
+	cacheTo     []remote.Spec
+	iidfile     string
+	registry    Registry
+	annotations map[string]string
+	metadata    string
+	stdout      io.Writer
+	warn        func(string)
 }
 
 // NewPlan checks r: it parses the output and cache specs, validates the
 // tags and makes sure a push has somewhere to go.
 func NewPlan(r Request) (*Plan, error) {
-	p := &Plan{tags: r.Tags, iidfile: r.IIDFile, registry: r.Registry}
+	p := &Plan{iidfile: r.IIDFile, registry: r.Registry, metadata: r.MetadataFile, stdout: r.Stdout, warn: r.Warn}
 	var err error
 	if p.outputs, err = ParseOutputs(r.Outputs); err != nil {
 		return nil, err
 	}
+	if n := stdoutOutputs(p.outputs); n > 1 {
+		return nil, fmt.Errorf("%d outputs write to standard output; at most one may", n)
+	}
+	p.tags = storeTags(r.Tags, p.outputs)
 	p.pushTo = pushTargets(r.Push, r.Tags, p.outputs)
 	if (r.Push || hasRegistryOutput(p.outputs)) && len(p.pushTo) == 0 {
 		return nil, errors.New("nothing to push to: give a -t NAME:TAG or -o type=registry,name=REF")
 	}
-	for _, t := range r.Tags {
+	for _, t := range p.tags {
 		if _, err := store.NormalizeTag(t); err != nil {
 			return nil, err
 		}
@@ -70,11 +91,18 @@ func NewPlan(r Request) (*Plan, error) {
 	if p.cacheTo, err = parseCacheSpecs(r.CacheTo, true); err != nil {
 		return nil, err
 	}
+	if p.annotations, err = ParseAnnotations(r.Annotations); err != nil {
+		return nil, err
+	}
 	if r.Push && len(r.Tags) == 0 {
 		return nil, errors.New("--push needs at least one -t tag naming the registry")
 	}
 	return p, nil
 }
+
+// UsesStdout tells whether an output writes to standard output, which then
+// carries nothing else.
+func (p *Plan) UsesStdout() bool { return stdoutOutputs(p.outputs) > 0 }
 
 // Build imports the plan's caches into opts.CacheFrom (one that cannot be
 // read is a warning through opts.Progress), runs executor.Build and then
@@ -90,28 +118,36 @@ func Build(ctx context.Context, opts executor.Options, p *Plan) (*executor.Resul
 	if err != nil {
 		return nil, err
 	}
-	if err := p.Finish(ctx, opts.Store, opts.Cache, res); err != nil {
+	if err := p.finish(ctx, opts.Store, opts.Cache, res, warn); err != nil {
 		return nil, err
 	}
 	return res, nil
 }
 
-// Finish runs after a successful build, in this order: inline records
-// (which replace res.Image and res.Digest: they change the manifest),
-// pushes, cache export, tags, outputs, the iidfile. The first error stops
-// it; what was done stays done.
+// Finish runs after a successful build, in this order: manifest
+// annotations and inline records (which replace res.Image and res.Digest:
+// they change the manifest), pushes, cache export, tags, outputs, the
+// iidfile, the metadata file. The first error stops it; what was done
+// stays done. A cache export with ignore-error=true that fails is a
+// warning through Request.Warn.
 func (p *Plan) Finish(ctx context.Context, st *store.Store, idx *cache.Index, res *executor.Result) error {
-	if hasInline(p.cacheTo) {
-		if err := embedInline(st, idx, res); err != nil {
-			return err
-		}
+	warn := p.warn
+	if warn == nil {
+		warn = func(string) {}
+	}
+	return p.finish(ctx, st, idx, res, warn)
+}
+
+func (p *Plan) finish(ctx context.Context, st *store.Store, idx *cache.Index, res *executor.Result, warn func(string)) error {
+	if err := p.annotate(st, idx, res, warn); err != nil {
+		return err
 	}
 	for _, ref := range p.pushTo {
 		if _, err := p.registry.Push(ctx, st, res.Image, ref); err != nil {
 			return err
 		}
 	}
-	if err := exportCaches(ctx, st, idx, res, p.cacheTo, p.registry); err != nil {
+	if err := exportCaches(ctx, st, idx, res, p.cacheTo, p.registry, warn); err != nil {
 		return err
 	}
 	for _, t := range p.tags {
@@ -119,15 +155,75 @@ func (p *Plan) Finish(ctx context.Context, st *store.Store, idx *cache.Index, re
 			return err
 		}
 	}
+	stdout := p.stdout
+	if stdout == nil {
+		stdout = os.Stdout
+	}
 	for _, o := range p.outputs {
-		if err := o.Write(ctx, []archive.Named{{Image: res.Image, Tags: p.tags}}); err != nil {
+		if err := o.write(ctx, []archive.Named{{Image: res.Image, Tags: p.tags}}, stdout); err != nil {
 			return err
 		}
 	}
 	if p.iidfile != "" {
-		return os.WriteFile(p.iidfile, []byte(res.ID.String()), 0o644)
+		if err := os.WriteFile(p.iidfile, []byte(res.ID.String()), 0o644); err != nil {
+			return err
+		}
+	}
+	if p.metadata != "" {
+		return writeMetadata(p.metadata, res, append(slices.Clone(p.tags), p.pushTo...))
 	}
 	return nil
+}
+
+// annotate gives the manifest the --annotation values and the inline
+// cache records, in one new manifest.
+func (p *Plan) annotate(st *store.Store, idx *cache.Index, res *executor.Result, warn func(string)) error {
+	ann := maps.Clone(p.annotations)
+	if sp, ok := inlineSpec(p.cacheTo); ok {
+		rec, err := inlineRecords(st, idx, res)
+		switch {
+		case err != nil && sp.IgnoreError:
+			warn(fmt.Sprintf("--cache-to type=inline: %v; the build goes on (ignore-error=true)", err))
+		case err != nil:
+			return err
+		}
+		if ann == nil {
+			ann = map[string]string{}
+		}
+		maps.Copy(ann, rec)
+	}
+	if len(ann) == 0 {
+		return nil
+	}
+	return annotate(st, res, ann)
+}
+
+// stdoutOutputs counts the outputs whose dest is standard output.
+func stdoutOutputs(outs []Output) int {
+	n := 0
+	for _, o := range outs {
+		if o.Dest == Stdout {
+			n++
+		}
+	}
+	return n
+}
+
+// storeTags are the -t tags and the names of each -o type=image (without
+// push=true), each once: what the store tags the image as.
+func storeTags(tags []string, outs []Output) []string {
+	out := slices.Clone(tags)
+	for _, o := range outs {
+		if o.Type != "image" || o.Name == "" {
+			continue
+		}
+		for _, n := range strings.Split(o.Name, ",") {
+			if n != "" && !slices.Contains(out, n) {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
 }
 
 // hasRegistryOutput tells whether an -o asks for a push.

@@ -13,12 +13,8 @@ import (
 	"testing"
 
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
-	"github.com/google/go-containerregistry/pkg/v1/random"
 
-	"github.com/minibuild/minibuild/cache"
 	"github.com/minibuild/minibuild/cache/remote"
-	"github.com/minibuild/minibuild/executor"
-	"github.com/minibuild/minibuild/store"
 )
 
 func TestNewPlanChecksBeforeTheBuild(t *testing.T) {
@@ -77,22 +73,8 @@ func TestPushTargets(t *testing.T) {
 func TestFinish(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	st, err := store.Open(filepath.Join(dir, "root"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	idx, err := cache.OpenIndex(filepath.Join(dir, "root", "cache"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, _ := random.Image(1024, 2)
-	md, err := st.WriteImage(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stored, _ := st.Image(md.String())
-	id, _ := stored.ConfigName()
-	res := &executor.Result{Image: stored, Digest: md, ID: id}
+	st, idx, res := newTestStore(t)
+	md, id := res.Digest, res.ID
 
 	srv := httptest.NewServer(ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0))))
 	defer srv.Close()

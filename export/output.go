@@ -12,19 +12,23 @@ import (
 
 	"github.com/minibuild/minibuild/archive"
 	"github.com/minibuild/minibuild/internal/atomicfile"
+	"github.com/minibuild/minibuild/internal/layeropt"
 	"github.com/minibuild/minibuild/snapshot"
 )
+
+// Stdout is the Dest that means standard output ("-o -", "dest=-").
+const Stdout = "-"
 
 // Output is one parsed -o/--output: where a built image is written
 // besides the local store.
 type Output struct {
-	Type string // oci, docker, local or registry
-	Dest string
-	Name string // type=registry: where to push (comma-separated refs; default the -t tags)
+	Type string // oci, docker, local, tar, registry or image
+	Dest string // a file (oci, docker, tar), a directory (local) or Stdout
+	Name string // registry and image: comma-separated refs (default the -t tags)
 }
 
-// ParseOutputs parses buildx-style specs: "type=oci,dest=F.tar", or a bare
-// path meaning type=local.
+// ParseOutputs parses buildx-style specs: "type=oci,dest=F.tar", a bare
+// path meaning type=local, or "-" meaning a tar of the rootfs on stdout.
 func ParseOutputs(specs []string) ([]Output, error) {
 	var outs []Output
 	for _, spec := range specs {
@@ -37,15 +41,25 @@ func ParseOutputs(specs []string) ([]Output, error) {
 	return outs, nil
 }
 
-// ParseOutput parses one --output spec.
+// ParseOutput parses one --output spec, with BuildKit's exporters'
+// semantics (https://docs.docker.com/build/exporters/): type=local,dest=DIR
+// (the rootfs as files; dest=- is a tar on stdout, as buildx), type=tar
+// (the rootfs as one tar), type=oci|docker (an image tarball), type=registry
+// (pushed) and type=image (stored under name=, pushed with push=true).
+// Options that would do nothing are refused by name.
 func ParseOutput(spec string) (Output, error) {
+	if spec == Stdout {
+		return Output{Type: "tar", Dest: Stdout}, nil
+	}
 	if !strings.Contains(spec, "=") {
 		return Output{Type: "local", Dest: spec}, nil
 	}
 	var o Output
+	push := false
 	for _, field := range strings.Split(spec, ",") {
 		k, v, _ := strings.Cut(field, "=")
-		switch strings.TrimSpace(k) {
+		var err error
+		switch k = strings.TrimSpace(k); k {
 		case "type":
 			o.Type = v
 		case "dest":
@@ -53,45 +67,86 @@ func ParseOutput(spec string) (Output, error) {
 		case "name":
 			o.Name = v
 		case "push":
-			// type=image,push=true is buildx's spelling of type=registry.
+			push, err = layeropt.Bool(k, v)
 		default:
-			return o, fmt.Errorf("--output %q: unknown key %q", spec, k)
+			err = outputOption(k, v)
+		}
+		if err != nil {
+			return o, fmt.Errorf("--output %q: %w", spec, err)
 		}
 	}
+	return o.check(spec, push)
+}
+
+// outputOption checks an -o option other than type, dest, name and push.
+func outputOption(k, v string) error {
+	if strings.HasPrefix(k, "annotation") {
+		return fmt.Errorf("%s: give manifest annotations with --annotation KEY=VALUE", k)
+	}
+	if known, err := layeropt.Check(k, v); known {
+		return err
+	}
+	return fmt.Errorf("unknown key %q", k)
+}
+
+// check validates a parsed spec's type and destination.
+func (o Output) check(spec string, push bool) (Output, error) {
 	switch o.Type {
-	case "oci", "docker", "local":
-	case "registry", "image":
-		o.Type = "registry" // pushed by Finish, which has the store
+	case "registry":
+		return o, nil // pushed by Finish, which has the store
+	case "image":
+		if push {
+			o.Type = "registry" // type=image,push=true is buildx's spelling of type=registry
+		}
 		return o, nil
+	case "oci", "docker", "tar":
+	case "local":
+		if o.Dest == Stdout {
+			o.Type = "tar" // as buildx: the local exporter to stdout is a tar
+		}
 	default:
-		return o, fmt.Errorf("--output %q: type must be oci, docker, local or registry", spec)
+		return o, fmt.Errorf("--output %q: type must be oci, docker, local, tar, registry or image", spec)
 	}
 	if o.Dest == "" {
-		return o, fmt.Errorf("--output %q: dest is required", spec)
+		return o, fmt.Errorf("--output %q: dest is required (- for standard output)", spec)
+	}
+	if o.Name != "" {
+		return o, fmt.Errorf("--output %q: name is for type=registry and type=image", spec)
 	}
 	return o, nil
 }
 
-// Write writes imgs (one for a build) to the output. type=registry is a
-// no-op here: Finish pushes it.
+// Write writes imgs (one for a build) to the output; dest=- goes to
+// os.Stdout. type=registry and type=image are no-ops here: Finish pushes
+// and tags them.
 func (o Output) Write(ctx context.Context, imgs []archive.Named) error {
+	return o.write(ctx, imgs, os.Stdout)
+}
+
+func (o Output) write(ctx context.Context, imgs []archive.Named, stdout io.Writer) error {
+	var write func(io.Writer, []archive.Named) error
 	switch o.Type {
-	case "registry":
+	case "registry", "image":
 		return nil
 	case "local":
 		if len(imgs) != 1 {
 			return fmt.Errorf("type=local writes exactly one image")
 		}
 		return writeRootfs(ctx, imgs[0], o.Dest)
-	}
-	if err := os.MkdirAll(filepath.Dir(o.Dest), 0o755); err != nil {
-		return err
-	}
-	write := archive.WriteDocker
-	if o.Type == "oci" {
+	case "tar":
+		write = writeRootfsTar
+	case "oci":
 		write = archive.WriteOCI
+	default:
+		write = archive.WriteDocker
 	}
-	if err := writeTar(o.Dest, write, imgs); err != nil {
+	var err error
+	if o.Dest == Stdout {
+		err = write(stdout, imgs)
+	} else if err = os.MkdirAll(filepath.Dir(o.Dest), 0o755); err == nil {
+		err = writeTar(o.Dest, write, imgs)
+	}
+	if err != nil {
 		return fmt.Errorf("write %s output %s: %w", o.Type, o.Dest, err)
 	}
 	return nil
@@ -101,6 +156,12 @@ func (o Output) Write(ctx context.Context, imgs []archive.Named) error {
 // readable by docker load.
 func Save(path string, imgs []archive.Named) error {
 	return writeTar(path, archive.WriteDocker, imgs)
+}
+
+// SaveTo writes imgs as one docker-archive tar to w (minibuild save
+// without -o: standard output).
+func SaveTo(w io.Writer, imgs []archive.Named) error {
+	return archive.WriteDocker(w, imgs)
 }
 
 // writeTar writes an image tarball whole or not at all. The file gets the
@@ -115,6 +176,18 @@ func writeTar(path string, write func(io.Writer, []archive.Named) error, imgs []
 		return err
 	}
 	return f.Commit()
+}
+
+// writeRootfsTar writes the image's flattened rootfs as one tar, as
+// `docker build -o -` and BuildKit's tar exporter do.
+func writeRootfsTar(w io.Writer, imgs []archive.Named) error {
+	if len(imgs) != 1 {
+		return fmt.Errorf("type=tar writes exactly one image")
+	}
+	rc := mutate.Extract(imgs[0].Image)
+	defer rc.Close()
+	_, err := io.Copy(w, rc)
+	return err
 }
 
 // writeRootfs flattens the image's layers into dir, resolving every path

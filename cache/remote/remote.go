@@ -62,11 +62,16 @@ type Spec struct {
 	Ref  string // type=registry: the artifact's (or, for --cache-from, an image's) reference
 	Dir  string // type=local: dest (export) or src (import)
 	Mode string // "min" (the exported image's steps) or "max" (every step of every stage)
+	// IgnoreError (--cache-to ignore-error=true): an export failure is a
+	// warning, not a failed build, as BuildKit's cache exporters.
+	IgnoreError bool
 }
 
 // ParseSpec parses buildx-style cache options: "type=registry,ref=R[,mode=max]",
 // "type=local,dest=DIR" (export) or "type=local,src=DIR" (import),
-// "type=inline", or a bare reference meaning type=registry.
+// "type=inline", or a bare reference meaning type=registry. Every other
+// BuildKit option is either honoured or refused by name (setOption): an
+// option that would do nothing is never accepted silently.
 func ParseSpec(s string, export bool) (Spec, error) {
 	flag := "--cache-from"
 	if export {
@@ -96,15 +101,10 @@ func ParseSpec(s string, export bool) (Spec, error) {
 				return sp, fmt.Errorf("%s %q: src is for --cache-from; use dest", flag, s)
 			}
 			sp.Dir = v
-		case "mode":
-			if v != "min" && v != "max" {
-				return sp, fmt.Errorf("%s %q: mode must be min or max", flag, s)
-			}
-			sp.Mode = v
-		case "image-manifest", "oci-mediatypes", "compression", "ignore-error":
-			// buildx options that minibuild's format makes moot.
 		default:
-			return sp, fmt.Errorf("%s %q: unknown key %q", flag, s, k)
+			if err := sp.setOption(k, v, export); err != nil {
+				return sp, fmt.Errorf("%s %q: %w", flag, s, err)
+			}
 		}
 	}
 	switch sp.Type {

@@ -236,3 +236,32 @@ func TestRegistryRoundTripSharesLayers(t *testing.T) {
 		t.Error("a missing ref imported")
 	}
 }
+
+// BuildKit's other cache options are honoured (mode, ignore-error), accepted
+// where they name what happens (image-manifest=true, compression=gzip,
+// oci-mediatypes=true, force-compression=false) or refused by name.
+func TestParseSpecOptions(t *testing.T) {
+	sp, err := ParseSpec("type=registry,ref=r/c,mode=max,ignore-error=true,image-manifest=true,oci-mediatypes=true,compression=gzip,force-compression=false", true)
+	if err != nil || !sp.IgnoreError || sp.Mode != "max" {
+		t.Errorf("%+v, %v", sp, err)
+	}
+	for in, want := range map[string]string{
+		"type=registry,ref=r/c,compression=zstd":       "compression=zstd is not supported: layers are gzip",
+		"type=registry,ref=r/c,compression=brotli":     "compression=brotli",
+		"type=registry,ref=r/c,compression-level=9":    "compression-level is not supported",
+		"type=registry,ref=r/c,force-compression=true": "force-compression=true is not supported",
+		"type=registry,ref=r/c,oci-mediatypes=false":   "oci-mediatypes=false is not supported",
+		"type=registry,ref=r/c,image-manifest=false":   "image-manifest=false is not supported",
+		"type=registry,ref=r/c,ignore-error=perhaps":   "ignore-error=perhaps: want true or false",
+		"type=local,dest=d,compression=estargz":        "compression=estargz is not supported",
+	} {
+		if _, err := ParseSpec(in, true); err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "--cache-to") {
+			t.Errorf("%s: %v, want %q", in, err, want)
+		}
+	}
+	for _, in := range []string{"type=registry,ref=r/c,ignore-error=true", "type=registry,ref=r/c,mode=max", "type=local,src=d,compression=gzip"} {
+		if _, err := ParseSpec(in, false); err == nil || !strings.Contains(err.Error(), "is a --cache-to option") {
+			t.Errorf("--cache-from %s: %v", in, err)
+		}
+	}
+}

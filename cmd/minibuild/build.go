@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -39,16 +41,21 @@ type buildOptions struct {
 	insecure  []string
 	jobs      int
 	remote    remoteOptions
+	// --metadata-file, --annotation
+	metadataFile string
+	annotations  []string
 	// RUN sandbox: --secret, --network, --snapshotter
 	secrets     []string
 	network     string
 	snapshotter string
+	// geteuid is os.Geteuid (a test can pretend not to be root).
+	geteuid func() int
 }
 
 func addBuildFlags(cmd *cobra.Command, b *buildOptions) {
 	f := cmd.Flags()
 	f.StringArrayVarP(&b.tags, "tag", "t", nil, "name and optionally a tag (name:tag); repeatable")
-	f.StringVarP(&b.file, "file", "f", "", "path to the Dockerfile (default CONTEXT/Dockerfile; - reads standard input)")
+	f.StringVarP(&b.file, "file", "f", "", "path to the Dockerfile (default CONTEXT/Dockerfile, else CONTEXT/Containerfile; - reads standard input)")
 	f.StringArrayVar(&b.buildArgs, "build-arg", nil, "build-time variable K=V, or K to take it from the environment")
 	f.StringVar(&b.target, "target", "", "stage to build (default the last)")
 	f.BoolVar(&b.noCache, "no-cache", false, "do not use the cache")
@@ -58,7 +65,9 @@ func addBuildFlags(cmd *cobra.Command, b *buildOptions) {
 	f.BoolVarP(&b.quiet, "quiet", "q", false, "print only the image id")
 	f.StringVar(&b.iidfile, "iidfile", "", "write the image id to this file")
 	f.StringVar(&b.platform, "platform", "", "target platform (only linux/amd64)")
-	f.StringArrayVarP(&b.outputs, "output", "o", nil, "output: type=oci|docker,dest=FILE.tar, type=local,dest=DIR or type=registry[,name=REF]")
+	f.StringArrayVarP(&b.outputs, "output", "o", nil, "output: type=oci|docker|tar,dest=FILE.tar|-, type=local,dest=DIR, type=registry[,name=REF], type=image,name=REF[,push=true], or - (a tar of the rootfs on stdout)")
+	f.StringVar(&b.metadataFile, "metadata-file", "", "write the build result's metadata (buildx's keys: containerimage.digest, …) to this file")
+	f.StringArrayVar(&b.annotations, "annotation", nil, "add a manifest annotation KEY=VALUE (or manifest:KEY=VALUE); repeatable")
 	f.StringArrayVar(&b.insecure, "insecure-registry", nil, "registry host reached over plain http")
 	f.IntVar(&b.jobs, "jobs", 0, "how many stages may build at once (default: the number of CPUs)")
 	addRemoteFlags(cmd, &b.remote)
@@ -78,14 +87,14 @@ func addRemoteFlags(cmd *cobra.Command, r *remoteOptions) {
 	f := cmd.Flags()
 	f.BoolVar(&r.push, "push", false, "push the image to the registry of each -t tag")
 	f.StringArrayVar(&r.cacheFrom, "cache-from", nil, "import cache: type=registry,ref=REF | type=local,src=DIR | REF (an image with inline records); repeatable")
-	f.StringArrayVar(&r.cacheTo, "cache-to", nil, "export cache: type=registry,ref=REF[,mode=min|max] | type=local,dest=DIR[,mode=…] | type=inline")
+	f.StringArrayVar(&r.cacheTo, "cache-to", nil, "export cache: type=registry,ref=REF[,mode=min|max][,ignore-error=true] | type=local,dest=DIR[,…] | type=inline")
 }
 
 func newBuildCommand(g *globalOptions) *cobra.Command {
 	b := &buildOptions{global: g}
 	cmd := &cobra.Command{
-		Use:   "build [flags] CONTEXT",
-		Short: "Build an image from a Dockerfile",
+		Use:   "build [flags] CONTEXT|-",
+		Short: "Build an image from a Dockerfile (CONTEXT - is a tar on standard input)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runBuild(cmd.Context(), b, args[0])
@@ -125,8 +134,18 @@ func (b *buildOptions) progressMode() string {
 	return b.progress
 }
 
+// needRoot is the error a build run without root ends with, before any work.
+const needRoot = "minibuild build needs root: RUN uses namespaces and overlayfs, and extraction sets file owners"
+
 // run checks every flag, opens the store and builds under the export plan.
 func (b *buildOptions) run(ctx context.Context, contextDir string, prog progress) (*executor.Result, error) {
+	geteuid := b.geteuid
+	if geteuid == nil {
+		geteuid = os.Geteuid
+	}
+	if geteuid() != 0 {
+		return nil, errors.New(needRoot)
+	}
 	if b.platform != "" && b.platform != "linux/amd64" {
 		return nil, fmt.Errorf("--platform %s: only linux/amd64 is supported", b.platform)
 	}
@@ -135,18 +154,32 @@ func (b *buildOptions) run(ctx context.Context, contextDir string, prog progress
 		return nil, err
 	}
 	plan, err := export.NewPlan(export.Request{
-		Tags:      b.tags,
-		Outputs:   b.outputs,
-		Push:      b.remote.push,
-		CacheFrom: b.remote.cacheFrom,
-		CacheTo:   b.remote.cacheTo,
-		IIDFile:   b.iidfile,
-		Registry:  export.Registry{Insecure: b.insecure, Progress: blobs.event},
+		Tags:         b.tags,
+		Outputs:      b.outputs,
+		Push:         b.remote.push,
+		CacheFrom:    b.remote.cacheFrom,
+		CacheTo:      b.remote.cacheTo,
+		IIDFile:      b.iidfile,
+		Registry:     export.Registry{Insecure: b.insecure, Progress: blobs.event},
+		Annotations:  b.annotations,
+		MetadataFile: b.metadataFile,
 	})
 	if err != nil {
 		return nil, err
 	}
-	opts, err := b.executorOptions(contextDir)
+	if err := b.checkStdout(plan, isTerminal(os.Stdout)); err != nil {
+		return nil, err
+	}
+	var stdinDockerfile []byte
+	if contextDir == "-" {
+		sc, err := b.stdinContext(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer sc.Release()
+		contextDir, stdinDockerfile = sc.Dir, sc.Dockerfile
+	}
+	opts, err := b.executorOptions(contextDir, stdinDockerfile)
 	if err != nil {
 		return nil, err
 	}
@@ -157,9 +190,45 @@ func (b *buildOptions) run(ctx context.Context, contextDir string, prog progress
 	return export.Build(ctx, opts, plan)
 }
 
+// checkStdout refuses what would mix with, or be lost on, an output to
+// standard output: -q's image id, and a terminal (as docker refuses).
+func (b *buildOptions) checkStdout(plan *export.Plan, stdoutIsTerminal bool) error {
+	if !plan.UsesStdout() {
+		return nil
+	}
+	if b.progressMode() == "quiet" {
+		return errors.New("-q (--progress=quiet) prints the image id on standard output, which the -o output writes to; use --iidfile")
+	}
+	if stdoutIsTerminal {
+		return errors.New("an -o output to standard output (-) would be written to the terminal: redirect it, or give dest=FILE")
+	}
+	return nil
+}
+
+// stdinContext reads the context `-` from stdin (a tar, or a lone
+// Dockerfile) into a temp dir under --root; -f - cannot share stdin.
+func (b *buildOptions) stdinContext(ctx context.Context) (*export.StdinContext, error) {
+	if b.file == "-" {
+		return nil, errors.New("context - and -f - both want standard input")
+	}
+	sc, err := export.ContextFromTar(ctx, os.Stdin, filepath.Join(b.global.root, "tmp"))
+	if err != nil {
+		return nil, err
+	}
+	if sc.Dockerfile != nil && b.file != "" {
+		sc.Release()
+		return nil, errors.New("standard input holds a Dockerfile, not a context tar: -f has nothing to name")
+	}
+	if b.file != "" && !filepath.IsAbs(b.file) {
+		b.file = filepath.Join(sc.Dir, b.file) // -f names a file in the context tar, as docker
+	}
+	return sc, nil
+}
+
 // executorOptions turns the build's input flags into executor.Options,
-// without the stores (openStores) and progress.
-func (b *buildOptions) executorOptions(contextDir string) (executor.Options, error) {
+// without the stores (openStores) and progress. dockerfile, when not nil,
+// is the Dockerfile read from stdin in place of a context.
+func (b *buildOptions) executorOptions(contextDir string, dockerfile []byte) (executor.Options, error) {
 	var opts executor.Options
 	if fi, err := os.Stat(contextDir); err != nil || !fi.IsDir() {
 		return opts, fmt.Errorf("context %s: not a directory", contextDir)
@@ -167,9 +236,12 @@ func (b *buildOptions) executorOptions(contextDir string) (executor.Options, err
 	if abs, err := filepath.Abs(contextDir); err == nil {
 		contextDir = abs
 	}
-	dockerfile, dfName, err := readDockerfile(b.file, contextDir)
-	if err != nil {
-		return opts, err
+	dfName := "Dockerfile"
+	var err error
+	if dockerfile == nil {
+		if dockerfile, dfName, err = readDockerfile(b.file, contextDir); err != nil {
+			return opts, err
+		}
 	}
 	buildArgs, err := parser.ParseBuildArgs(b.buildArgs, os.LookupEnv)
 	if err != nil {
@@ -235,8 +307,9 @@ func openStores(root, snapshotter string, opts *executor.Options) error {
 	return nil
 }
 
-// readDockerfile reads -f (default CONTEXT/Dockerfile, "-" is stdin) and
-// returns its content and the name errors use.
+// readDockerfile reads -f (default CONTEXT/Dockerfile, else
+// CONTEXT/Containerfile as podman and buildah; "-" is stdin) and returns
+// its content and the name errors use.
 func readDockerfile(file, contextDir string) ([]byte, string, error) {
 	if file == "-" {
 		b, err := io.ReadAll(os.Stdin)
@@ -244,6 +317,11 @@ func readDockerfile(file, contextDir string) ([]byte, string, error) {
 	}
 	if file == "" {
 		file = filepath.Join(contextDir, "Dockerfile")
+		if _, err := os.Lstat(file); errors.Is(err, fs.ErrNotExist) {
+			if _, err := os.Lstat(filepath.Join(contextDir, "Containerfile")); err == nil {
+				file = filepath.Join(contextDir, "Containerfile")
+			}
+		}
 	}
 	b, err := os.ReadFile(file)
 	if err != nil {

@@ -84,7 +84,7 @@ func TestExecutorOptions(t *testing.T) {
 	t.Chdir(dir)
 	b := &buildOptions{global: &globalOptions{root: "/r"}, buildArgs: []string{"A=1", "FROM_ENV"}, labels: []string{"l=v"},
 		secrets: []string{"id=s,env=FROM_ENV"}, target: "t", network: "none", jobs: 2}
-	opts, err := b.executorOptions(".")
+	opts, err := b.executorOptions(".", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +97,7 @@ func TestExecutorOptions(t *testing.T) {
 	if opts.Target != "t" || opts.Network != "none" || opts.Jobs != 2 {
 		t.Errorf("policy: %+v", opts)
 	}
-	if _, err := b.executorOptions(filepath.Join(dir, "Dockerfile")); err == nil || !strings.Contains(err.Error(), "not a directory") {
+	if _, err := b.executorOptions(filepath.Join(dir, "Dockerfile"), nil); err == nil || !strings.Contains(err.Error(), "not a directory") {
 		t.Errorf("a file as the context: %v", err)
 	}
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -11,8 +10,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 
-	"github.com/minibuild/minibuild/archive"
-	"github.com/minibuild/minibuild/export"
 	"github.com/minibuild/minibuild/store"
 )
 
@@ -81,54 +78,6 @@ func humanSize(n int64) string {
 		return fmt.Sprintf("%.2fkB", float64(n)/(1<<10))
 	}
 	return fmt.Sprintf("%dB", n)
-}
-
-func newInspectCommand(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
-		Use:   "inspect IMAGE",
-		Short: "Print an image's id, digest, manifest and config as JSON",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			st, img, err := openImage(g, args[0])
-			if err != nil {
-				return err
-			}
-			id, err := img.ConfigName()
-			if err != nil {
-				return err
-			}
-			dg, err := img.Digest()
-			if err != nil {
-				return err
-			}
-			m, err := img.Manifest()
-			if err != nil {
-				return err
-			}
-			cf, err := img.ConfigFile()
-			if err != nil {
-				return err
-			}
-			var tags []string
-			if infos, err := st.Images(); err == nil {
-				for _, in := range infos {
-					if in.Digest == dg {
-						tags = in.Tags
-					}
-				}
-			}
-			out := struct {
-				ID       string      `json:"Id"`
-				Digest   string      `json:"Digest"`
-				RepoTags []string    `json:"RepoTags"`
-				Manifest interface{} `json:"Manifest"`
-				Config   interface{} `json:"Config"`
-			}{id.String(), dg.String(), tags, m, cf}
-			enc := json.NewEncoder(cmd.OutOrStdout())
-			enc.SetIndent("", "  ")
-			return enc.Encode(out)
-		},
-	}
 }
 
 func newHistoryCommand(g *globalOptions) *cobra.Command {
@@ -211,97 +160,4 @@ func newRmiCommand(g *globalOptions) *cobra.Command {
 			return errors.Join(errs...)
 		},
 	}
-}
-
-func newSaveCommand(g *globalOptions) *cobra.Command {
-	var out string
-	cmd := &cobra.Command{
-		Use:   "save -o FILE.tar IMAGE...",
-		Short: "Write images as a docker-archive tar (readable by docker load)",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if out == "" {
-				return fmt.Errorf("save: -o FILE is required")
-			}
-			st, err := openStore(g)
-			if err != nil {
-				return err
-			}
-			var named []archive.Named
-			for _, ref := range args {
-				img, err := st.Image(ref)
-				if err != nil {
-					return err
-				}
-				n := archive.Named{Image: img}
-				if !looksLikeID(ref) {
-					n.Tags = []string{ref}
-				}
-				named = append(named, n)
-			}
-			return export.Save(out, named)
-		},
-	}
-	cmd.Flags().StringVarP(&out, "output", "o", "", "file to write")
-	return cmd
-}
-
-// looksLikeID tells an image id or digest from a name.
-func looksLikeID(ref string) bool {
-	if strings.HasPrefix(ref, "sha256:") {
-		return true
-	}
-	if len(ref) < 4 {
-		return false
-	}
-	for _, c := range ref {
-		if !strings.ContainsRune("0123456789abcdef", c) {
-			return false
-		}
-	}
-	return true
-}
-
-func newLoadCommand(g *globalOptions) *cobra.Command {
-	var in string
-	cmd := &cobra.Command{
-		Use:   "load -i FILE",
-		Short: "Load images from a docker-archive or an OCI layout (tar or directory)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if in == "" {
-				return fmt.Errorf("load: -i FILE is required")
-			}
-			st, err := openStore(g)
-			if err != nil {
-				return err
-			}
-			imgs, err := archive.Read(in)
-			if err != nil {
-				return err
-			}
-			for _, n := range imgs {
-				dg, err := st.WriteImage(n.Image)
-				if err != nil {
-					return err
-				}
-				id, err := n.Image.ConfigName()
-				if err != nil {
-					return err
-				}
-				for _, t := range n.Tags {
-					if err := st.Tag(t, dg); err != nil {
-						return err
-					}
-					fmt.Fprintf(cmd.OutOrStdout(), "Loaded image: %s\n", t)
-				}
-				if len(n.Tags) == 0 {
-					fmt.Fprintf(cmd.OutOrStdout(), "Loaded image ID: %s\n", id)
-				}
-			}
-			return nil
-		},
-	}
-	cmd.Flags().StringVarP(&in, "input", "i", "", "archive file or OCI layout directory")
-	return cmd
 }

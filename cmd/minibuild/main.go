@@ -6,11 +6,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -28,16 +31,44 @@ func main() {
 		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := newRootCommand().ExecuteContext(ctx)
+	cmd, err := newRootCommand().ExecuteContextC(ctx)
 	stop()
 	pprof.StopCPUProfile()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "error:", err)
+		reportError(os.Stderr, cmd, os.Args[1:], err)
 		if errors.Is(err, context.Canceled) {
 			os.Exit(130)
 		}
 		os.Exit(1)
 	}
+}
+
+// reportError prints the error a command ends with: an "error:" line, or,
+// when the command's progress is json, an {"event":"error"} line, so that
+// stderr holds only JSON.
+func reportError(w io.Writer, cmd *cobra.Command, args []string, err error) {
+	if progressIsJSON(cmd, args) {
+		writeJSONError(w, err, time.Now())
+		return
+	}
+	fmt.Fprintln(w, "error:", err)
+}
+
+// progressIsJSON tells whether the command ran with --progress=json. A
+// flag error can stop parsing before --progress is read, so the arguments
+// are looked at too.
+func progressIsJSON(cmd *cobra.Command, args []string) bool {
+	if cmd != nil {
+		if f := cmd.Flags().Lookup("progress"); f != nil && f.Changed {
+			return f.Value.String() == "json"
+		}
+	}
+	for i, a := range args {
+		if a == "--progress=json" || a == "--progress" && i+1 < len(args) && args[i+1] == "json" {
+			return true
+		}
+	}
+	return false
 }
 
 // globalOptions are the flags every command shares.
@@ -57,9 +88,18 @@ instruction and the exact content it reads; a rebuild re-executes only from the
 first step whose key changed.
 
   minibuild -t myapp:1.1 .        (same as: minibuild build -t myapp:1.1 .)`,
-		Args:          cobra.MaximumNArgs(1),
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				if err := unknownCommand(cmd, args[0]); err != nil {
+					return err
+				}
+			}
+			return cobra.MaximumNArgs(1)(cmd, args)
+		},
+		Version:                    readVersion(debug.ReadBuildInfo).String(),
+		SuggestionsMinimumDistance: suggestionDistance,
+		SilenceUsage:               true,
+		SilenceErrors:              true,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 0 {
 				return cmd.Help()
@@ -67,11 +107,13 @@ first step whose key changed.
 			return runBuild(cmd.Context(), b, args[0])
 		},
 	}
+	root.SetVersionTemplate("{{.Version}}")
+	root.SetFlagErrorFunc(flagError)
 	root.PersistentFlags().StringVar(&g.root, "root", defaultRoot(), "directory holding everything minibuild keeps (env MINIBUILD_ROOT)")
 	addBuildFlags(root, b)
 	root.AddCommand(newBuildCommand(g), newImagesCommand(g), newInspectCommand(g), newHistoryCommand(g),
 		newTagCommand(g), newRmiCommand(g), newSaveCommand(g), newLoadCommand(g),
-		newPushCommand(g), newPullCommand(g), newLoginCommand(), newLogoutCommand(), newPruneCommand(g))
+		newPushCommand(g), newPullCommand(g), newLoginCommand(), newLogoutCommand(), newPruneCommand(g), newVersionCommand())
 	return root
 }
 

@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/term"
-
 	"github.com/minibuild/minibuild/executor"
 	"github.com/minibuild/minibuild/export"
 )
@@ -22,23 +20,39 @@ type progress interface {
 	Close()
 }
 
+// progressModes are the valid --progress values, for the error that
+// refuses any other.
+const progressModes = "auto, plain, tty, json or quiet"
+
+// termEnv is what the environment says about the terminal: NO_COLOR
+// (https://no-color.org: set and not empty) drops colours, TERM=dumb
+// drops cursor movement too and makes auto mode plain.
+type termEnv struct {
+	noColor, dumb bool
+}
+
+func readTermEnv(getenv func(string) string) termEnv {
+	return termEnv{noColor: getenv("NO_COLOR") != "", dumb: getenv("TERM") == "dumb"}
+}
+
 func newProgress(mode string, w *os.File) (progress, error) {
+	env := readTermEnv(os.Getenv)
 	switch mode {
 	case "auto", "":
-		if isTerminal(w) {
-			return newTTYProgress(w), nil
+		if isTerminal(w) && !env.dumb {
+			return newTTYProgress(w, env), nil
 		}
 		return &plainProgress{w: w}, nil
 	case "plain":
 		return &plainProgress{w: w}, nil
 	case "tty":
-		return newTTYProgress(w), nil
-	case "json", "rawjson":
-		return &jsonProgress{enc: json.NewEncoder(w)}, nil
+		return newTTYProgress(w, env), nil
+	case "json":
+		return &jsonProgress{enc: json.NewEncoder(w), now: time.Now}, nil
 	case "quiet":
 		return quietProgress{}, nil
 	}
-	return nil, fmt.Errorf("--progress=%s: want auto, plain, tty, json or quiet", mode)
+	return nil, fmt.Errorf("--progress=%s: want %s", mode, progressModes)
 }
 
 // stepLabel is "[2/7]" or, for a named stage, "[builder 2/7]".
@@ -121,149 +135,18 @@ func (p *plainProgress) Result(res *executor.Result, tags []string, took time.Du
 
 func (p *plainProgress) Close() {}
 
-// ttyProgress prints finished steps as lines and keeps one live status
-// line at the bottom showing every running step — one per stage, side by
-// side when stages run concurrently — with its elapsed time.
-type ttyProgress struct {
-	mu      sync.Mutex
-	w       io.Writer
-	width   int
-	running map[string]runningStep // by stage
-	order   []string               // stages in the order they started running
-	stop    chan struct{}
-	done    chan struct{}
-}
-
-type runningStep struct {
-	ev      executor.Event
-	started time.Time
-}
-
-func newTTYProgress(w *os.File) *ttyProgress {
-	width := 100
-	if cols, _, err := term.GetSize(int(w.Fd())); err == nil && cols > 20 {
-		width = cols
-	}
-	t := &ttyProgress{w: w, width: width, running: map[string]runningStep{}, stop: make(chan struct{}), done: make(chan struct{})}
-	go t.tick()
-	return t
-}
-
-func (t *ttyProgress) tick() {
-	defer close(t.done)
-	tk := time.NewTicker(100 * time.Millisecond)
-	defer tk.Stop()
-	for {
-		select {
-		case <-t.stop:
-			return
-		case <-tk.C:
-			t.mu.Lock()
-			t.drawRunning()
-			t.mu.Unlock()
-		}
-	}
-}
-
-const (
-	ansiClear = "\r\x1b[K"
-	ansiBlue  = "\x1b[34m"
-	ansiGreen = "\x1b[32m"
-	ansiRed   = "\x1b[31m"
-	ansiDim   = "\x1b[2m"
-	ansiReset = "\x1b[0m"
-)
-
-// drawRunning rewrites the status line, cut to the terminal's width.
-func (t *ttyProgress) drawRunning() {
-	if len(t.running) == 0 {
-		return
-	}
-	var parts []string
-	for _, stage := range t.order {
-		r, ok := t.running[stage]
-		if !ok {
-			continue
-		}
-		parts = append(parts, fmt.Sprintf("%s %s %.1fs", stepLabel(r.ev), oneLine(r.ev.Instruction), time.Since(r.started).Seconds()))
-	}
-	line := strings.Join(parts, " | ")
-	if n := t.width - 1; len(line) > n {
-		line = line[:n-1] + "…"
-	}
-	fmt.Fprintf(t.w, "%s%s%s%s", ansiClear, ansiBlue, line, ansiReset)
-}
-
-func (t *ttyProgress) finish(stage string) {
-	delete(t.running, stage)
-	for i, s := range t.order {
-		if s == stage {
-			t.order = append(t.order[:i], t.order[i+1:]...)
-			break
-		}
-	}
-}
-
-func (t *ttyProgress) Event(e executor.Event) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	switch e.Kind {
-	case executor.KindWarning:
-		fmt.Fprintf(t.w, "%sWARNING: %s\n", ansiClear, e.Line)
-	case executor.KindLog:
-		fmt.Fprintf(t.w, "%s%s%s %s%s\n", ansiClear, ansiDim, stepLabel(e), e.Line, ansiReset)
-	case executor.KindStep:
-		instr := oneLine(e.Instruction)
-		switch e.Status {
-		case executor.StatusCached:
-			fmt.Fprintf(t.w, "%s%s %s %sCACHED%s\n", ansiClear, stepLabel(e), instr, ansiGreen, ansiReset)
-		case executor.StatusRunning:
-			if _, ok := t.running[e.Stage]; !ok {
-				t.order = append(t.order, e.Stage)
-			}
-			t.running[e.Stage] = runningStep{ev: e, started: time.Now()}
-			if e.Reason != "" {
-				fmt.Fprintf(t.w, "%s%s%s cache miss: %s%s\n", ansiClear, ansiDim, stepLabel(e), e.Reason, ansiReset)
-			}
-		case executor.StatusDone:
-			fmt.Fprintf(t.w, "%s%s %s %sDONE %.2fs%s\n", ansiClear, stepLabel(e), instr, ansiBlue, e.Duration.Seconds(), ansiReset)
-			t.finish(e.Stage)
-		case executor.StatusError:
-			fmt.Fprintf(t.w, "%s%s %s %sERROR%s\n", ansiClear, stepLabel(e), instr, ansiRed, ansiReset)
-			t.finish(e.Stage)
-		}
-	}
-	t.drawRunning()
-}
-
-func (t *ttyProgress) Result(res *executor.Result, tags []string, took time.Duration) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	fmt.Fprintf(t.w, "%s%s\n", ansiClear, summary(res, tags, took))
-}
-
-func (t *ttyProgress) Close() {
-	select {
-	case <-t.stop:
-	default:
-		close(t.stop)
-	}
-	<-t.done
-	t.mu.Lock()
-	if len(t.running) > 0 {
-		fmt.Fprint(t.w, ansiClear)
-	}
-	t.mu.Unlock()
-}
-
-// jsonProgress writes DESIGN.md's machine-readable events, one per line.
+// jsonProgress writes DESIGN.md's machine-readable events, one per line,
+// each with its RFC 3339 "time"; warnings and the error a build ends
+// with are events too, so that stderr holds nothing but JSON lines.
 type jsonProgress struct {
 	mu  sync.Mutex
 	enc *json.Encoder
+	now func() time.Time
 }
 
 type jsonStep struct {
 	Event       string `json:"event"`
+	Time        string `json:"time"`
 	Stage       string `json:"stage"`
 	Step        int    `json:"step"`
 	Steps       int    `json:"steps"`
@@ -276,13 +159,22 @@ type jsonStep struct {
 
 type jsonLine struct {
 	Event string `json:"event"`
+	Time  string `json:"time"`
 	Stage string `json:"stage,omitempty"`
 	Step  int    `json:"step,omitempty"`
 	Line  string `json:"line"`
 }
 
+// jsonMessage is a warning or an error.
+type jsonMessage struct {
+	Event   string `json:"event"`
+	Time    string `json:"time"`
+	Message string `json:"message"`
+}
+
 type jsonResult struct {
 	Event       string   `json:"event"`
+	Time        string   `json:"time"`
 	ImageID     string   `json:"image_id"`
 	Digest      string   `json:"digest"`
 	Tags        []string `json:"tags"`
@@ -292,17 +184,21 @@ type jsonResult struct {
 	FirstMiss   string   `json:"first_miss,omitempty"`
 }
 
+// jsonTime is an event's "time".
+func jsonTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
 func (j *jsonProgress) Event(e executor.Event) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	now := j.stamp()
 	switch e.Kind {
 	case executor.KindStep:
-		j.enc.Encode(jsonStep{Event: "step", Stage: e.Stage, Step: e.Step, Steps: e.Steps, Instruction: oneLine(e.Instruction),
+		j.enc.Encode(jsonStep{Event: "step", Time: now, Stage: e.Stage, Step: e.Step, Steps: e.Steps, Instruction: oneLine(e.Instruction),
 			Status: string(e.Status), Key: e.Key, DurationMS: e.Duration.Milliseconds(), Reason: e.Reason})
 	case executor.KindLog:
-		j.enc.Encode(jsonLine{Event: "log", Stage: e.Stage, Step: e.Step, Line: e.Line})
+		j.enc.Encode(jsonLine{Event: "log", Time: now, Stage: e.Stage, Step: e.Step, Line: e.Line})
 	case executor.KindWarning:
-		j.enc.Encode(jsonLine{Event: "warning", Line: e.Line})
+		j.enc.Encode(jsonMessage{Event: "warning", Time: now, Message: e.Line})
 	}
 }
 
@@ -312,11 +208,25 @@ func (j *jsonProgress) Result(res *executor.Result, tags []string, took time.Dur
 	if tags == nil {
 		tags = []string{}
 	}
-	j.enc.Encode(jsonResult{Event: "result", ImageID: res.ID.String(), Digest: res.Digest.String(), Tags: tags,
+	j.enc.Encode(jsonResult{Event: "result", Time: j.stamp(), ImageID: res.ID.String(), Digest: res.Digest.String(), Tags: tags,
 		StepsCached: res.StepsCached, StepsBuilt: res.StepsBuilt, DurationMS: took.Milliseconds(), FirstMiss: res.FirstMiss})
 }
 
 func (j *jsonProgress) Close() {}
+
+// stamp is the "time" of an event written now.
+func (j *jsonProgress) stamp() string {
+	if j.now == nil {
+		return jsonTime(time.Now())
+	}
+	return jsonTime(j.now())
+}
+
+// writeJSONError writes the error a command ends with as an event, in
+// place of main's "error:" line, when the command's progress is json.
+func writeJSONError(w io.Writer, err error, now time.Time) {
+	json.NewEncoder(w).Encode(jsonMessage{Event: "error", Time: jsonTime(now), Message: err.Error()})
+}
 
 // quietProgress prints nothing; the id goes to stdout.
 type quietProgress struct{}
@@ -337,12 +247,12 @@ func newBlobProgress(mode string, w io.Writer) (*blobProgress, error) {
 	switch mode {
 	case "", "auto", "plain", "tty":
 		return &blobProgress{w: w}, nil
-	case "json", "rawjson":
+	case "json":
 		return &blobProgress{w: w, json: true}, nil
 	case "quiet":
 		return &blobProgress{w: io.Discard}, nil
 	}
-	return nil, fmt.Errorf("--progress=%s: want plain, json or quiet", mode)
+	return nil, fmt.Errorf("--progress=%s: want %s", mode, progressModes)
 }
 
 // blobWords are docker's words for the registry statuses.
@@ -359,7 +269,7 @@ func (p *blobProgress) event(e export.BlobEvent) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.json {
-		json.NewEncoder(p.w).Encode(map[string]any{"event": "blob", "ref": e.Ref, "digest": e.Digest, "status": e.Status, "size": e.Size})
+		json.NewEncoder(p.w).Encode(map[string]any{"event": "blob", "time": jsonTime(time.Now()), "ref": e.Ref, "digest": e.Digest, "status": e.Status, "size": e.Size})
 		return
 	}
 	fmt.Fprintf(p.w, "%s: %s\n", shortKey(e.Digest), blobWords[e.Status])

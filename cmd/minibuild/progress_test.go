@@ -24,7 +24,7 @@ func TestProgressModes(t *testing.T) {
 	defer f.Close()
 	for mode, want := range map[string]string{
 		"": "*main.plainProgress", "auto": "*main.plainProgress", // not a terminal
-		"plain": "*main.plainProgress", "json": "*main.jsonProgress", "rawjson": "*main.jsonProgress", "quiet": "main.quietProgress",
+		"plain": "*main.plainProgress", "json": "*main.jsonProgress", "quiet": "main.quietProgress",
 	} {
 		p, err := newProgress(mode, f)
 		if err != nil {
@@ -36,8 +36,13 @@ func TestProgressModes(t *testing.T) {
 		}
 		p.Close()
 	}
-	if _, err := newProgress("fancy", f); err == nil || !strings.Contains(err.Error(), "want auto, plain, tty, json or quiet") {
-		t.Errorf("an unknown mode: %v", err)
+	for _, mode := range []string{"fancy", "rawjson"} { // rawjson is buildx's other schema: refused, not mimicked
+		if _, err := newProgress(mode, f); err == nil || !strings.Contains(err.Error(), "want auto, plain, tty, json or quiet") {
+			t.Errorf("the unknown mode %s: %v", mode, err)
+		}
+		if _, err := newBlobProgress(mode, f); err == nil || !strings.Contains(err.Error(), "want auto, plain, tty, json or quiet") {
+			t.Errorf("the unknown blob progress mode %s: %v", mode, err)
+		}
 	}
 	if _, err := newBlobProgress("fancy", f); err == nil {
 		t.Error("an unknown blob progress mode was accepted")
