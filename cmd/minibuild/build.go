@@ -41,9 +41,10 @@ type buildOptions struct {
 	insecure  []string
 	jobs      int
 	remote    remoteOptions
-	// --metadata-file, --annotation
+	// --metadata-file, --annotation, --build-context
 	metadataFile string
 	annotations  []string
+	contexts     []string
 	// RUN sandbox: --secret, --network, --snapshotter
 	secrets     []string
 	network     string
@@ -71,6 +72,7 @@ func addBuildFlags(cmd *cobra.Command, b *buildOptions) {
 	f.StringArrayVar(&b.insecure, "insecure-registry", nil, "registry host reached over plain http")
 	f.IntVar(&b.jobs, "jobs", 0, "how many stages may build at once (default: the number of CPUs)")
 	addRemoteFlags(cmd, &b.remote)
+	f.StringArrayVar(&b.contexts, "build-context", nil, "named context NAME=DIR or NAME=docker-image://REF, for FROM NAME and --from=NAME; repeatable")
 	f.StringArrayVar(&b.secrets, "secret", nil, "secret for RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR; repeatable")
 	f.StringVar(&b.network, "network", "default", "network of RUN steps without --network: default, none or host")
 	f.StringVar(&b.snapshotter, "snapshotter", "auto", "how RUN sees its rootfs: overlay, copy, or auto (overlay, copying where it cannot mount)")
@@ -259,6 +261,10 @@ func (b *buildOptions) executorOptions(contextDir string, dockerfile []byte) (ex
 	if err != nil {
 		return opts, err
 	}
+	contexts, err := namedContexts(b.contexts)
+	if err != nil {
+		return opts, err
+	}
 	return executor.Options{
 		Services: executor.Services{StateDir: filepath.Join(b.global.root, "buildctx")},
 		Input: executor.Input{
@@ -269,6 +275,7 @@ func (b *buildOptions) executorOptions(contextDir string, dockerfile []byte) (ex
 			Target:         b.target,
 			Labels:         labels,
 			Secrets:        secrets,
+			Contexts:       contexts,
 		},
 		Policy: executor.Policy{
 			NoCache:  b.noCache,
@@ -279,6 +286,38 @@ func (b *buildOptions) executorOptions(contextDir string, dockerfile []byte) (ex
 			Jobs:     b.jobs,
 		},
 	}, nil
+}
+
+// namedContexts parses --build-context NAME=VALUE: a directory (made
+// absolute, and it must be one) or docker-image://REF. Other BuildKit
+// sources (git, http, oci-layout://, target:) are refused by name.
+func namedContexts(flags []string) (map[string]string, error) {
+	if len(flags) == 0 {
+		return nil, nil
+	}
+	out := map[string]string{}
+	for _, f := range flags {
+		name, v, ok := strings.Cut(f, "=")
+		if !ok || name == "" || v == "" {
+			return nil, fmt.Errorf("--build-context %q: want NAME=DIR or NAME=docker-image://REF", f)
+		}
+		if strings.HasPrefix(v, "docker-image://") {
+			out[name] = v
+			continue
+		}
+		if scheme, _, found := strings.Cut(v, "://"); found {
+			return nil, fmt.Errorf("--build-context %s: %s:// sources are not supported (a directory or docker-image://REF)", f, scheme)
+		}
+		abs, err := filepath.Abs(v)
+		if err != nil {
+			return nil, err
+		}
+		if fi, err := os.Stat(abs); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("--build-context %s: %s is not a directory", f, v)
+		}
+		out[name] = abs
+	}
+	return out, nil
 }
 
 // openStores opens what a build reads and writes under root: the content

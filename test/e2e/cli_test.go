@@ -196,3 +196,20 @@ func TestCLIHabits(t *testing.T) {
 		t.Error("the non-root build created its store")
 	}
 }
+
+// --build-context: a directory read by COPY --from=NAME, and
+// docker-image://REF standing in for FROM NAME (pinning a base, as
+// buildx users do).
+func TestBuildContexts(t *testing.T) {
+	e := newEnv(t)
+	docs := writeFiles(t, t.TempDir(), map[string]string{"guide.md": "read me\n"})
+	ctx := project(t, "FROM alpine\nCOPY --from=docs guide.md /guide.md\nRUN cat /guide.md > /seen\n", nil)
+	out := filepath.Join(t.TempDir(), "rootfs")
+	e.build(ctx, nil, "--build-context", "docs="+docs, "--build-context", "alpine=docker-image://busybox:latest", "-o", "type=local,dest="+out)
+	if got := readFile(t, filepath.Join(out, "seen")); got != "read me\n" {
+		t.Errorf("RUN saw %q from the docs context", got)
+	}
+	if r := e.run(runOpts{}, "build", "--build-context", "docs=git://example/x", ctx); r.code == 0 || !strings.Contains(r.stderr, "git:// sources are not supported") {
+		t.Errorf("a git context: exit %d\n%s", r.code, r.stderr)
+	}
+}
