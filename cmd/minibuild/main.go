@@ -42,7 +42,8 @@ func main() {
 
 // globalOptions are the flags every command shares.
 type globalOptions struct {
-	root string
+	root          string
+	gcKeepStorage string // --gc-keep-storage (autogc.go)
 }
 
 func newRootCommand() *cobra.Command {
@@ -69,9 +70,11 @@ first step whose key changed.
 	}
 	root.PersistentFlags().StringVar(&g.root, "root", defaultRoot(), "directory holding everything minibuild keeps (env MINIBUILD_ROOT)")
 	addBuildFlags(root, b)
+	addGCFlags(root, g)
 	root.AddCommand(newBuildCommand(g), newImagesCommand(g), newInspectCommand(g), newHistoryCommand(g),
 		newTagCommand(g), newRmiCommand(g), newSaveCommand(g), newLoadCommand(g),
-		newPushCommand(g), newPullCommand(g), newLoginCommand(), newLogoutCommand(), newPruneCommand(g))
+		newPushCommand(g), newPullCommand(g), newLoginCommand(), newLogoutCommand(), newPruneCommand(g),
+		newDfCommand(g))
 	return root
 }
 
