@@ -26,6 +26,9 @@ type BlobWriter struct {
 
 // NewBlobWriter starts a blob write.
 func (s *Store) NewBlobWriter() (*BlobWriter, error) {
+	if err := s.writeLease(); err != nil {
+		return nil, err
+	}
 	f, err := os.CreateTemp(filepath.Join(s.root, "tmp"), "blob-")
 	if err != nil {
 		return nil, fmt.Errorf("create blob temp file: %w", err)
@@ -70,10 +73,10 @@ func (bw *BlobWriter) Commit(expected digest.Digest) error {
 		return err
 	}
 	now := time.Now()
-	if _, err := os.Stat(dst); err == nil {
-		// Refresh the mtime so a concurrent GC's grace period covers the
-		// image this blob is about to be part of.
-		os.Chtimes(dst, now, now)
+	// Refresh the mtime of a present blob so that this process's lease
+	// covers the image it is about to be part of. A blob collected
+	// meanwhile (Chtimes fails) is written again below.
+	if os.Chtimes(dst, now, now) == nil {
 		return nil
 	}
 	if err := bw.f.Sync(); err != nil {
@@ -136,12 +139,16 @@ func (s *Store) HasBlob(d digest.Digest) bool {
 }
 
 // refreshBlob reports whether blob d is present and, if so, renews its
-// mtime, as Commit does for a blob written again: a concurrent GC's grace
-// period then covers the image the caller is about to record with it.
+// mtime, as Commit does for a blob written again: this process's lease
+// (and a concurrent GC's grace period) then covers the image the caller
+// is about to record with it.
 func (s *Store) refreshBlob(d digest.Digest) bool {
 	p, err := s.blobPath(d)
 	if err != nil {
 		return false
+	}
+	if s.writeLease() != nil {
+		return false // unprotected: the caller writes the blob, which fails clearly
 	}
 	now := time.Now()
 	if os.Chtimes(p, now, now) == nil {

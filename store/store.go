@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -40,6 +41,9 @@ const staleTemp = 24 * time.Hour
 // use by goroutines and by processes.
 type Store struct {
 	root string
+
+	leaseMu  sync.Mutex
+	ownLease *Lease // taken before the first write (writeLease)
 }
 
 // Open opens (creating if needed) the store at root.
@@ -122,22 +126,11 @@ func (s *Store) load() (*state, error) {
 // update runs fn on the current state under the store lock and saves the
 // result atomically when fn succeeds.
 func (s *Store) update(fn func(*state) error) error {
-	lf, err := os.OpenFile(filepath.Join(s.root, "lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	unlock, err := s.lock()
 	if err != nil {
-		return fmt.Errorf("lock store: %w", err)
+		return err
 	}
-	defer lf.Close()
-	for {
-		err = unix.Flock(int(lf.Fd()), unix.LOCK_EX)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("lock store: %w", err)
-	}
-	defer unix.Flock(int(lf.Fd()), unix.LOCK_UN)
-
+	defer unlock()
 	st, err := s.load()
 	if err != nil {
 		return err
@@ -145,6 +138,32 @@ func (s *Store) update(fn func(*state) error) error {
 	if err := fn(st); err != nil {
 		return err
 	}
+	return s.save(st)
+}
+
+// lock takes the store lock: flock(2) on root/lock, which serializes
+// images.json updates, lease changes and the collector's decisions. A
+// process must not take it twice (a second flock on a new file blocks).
+func (s *Store) lock() (unlock func(), err error) {
+	lf, err := os.OpenFile(filepath.Join(s.root, "lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock store: %w", err)
+	}
+	for {
+		err = unix.Flock(int(lf.Fd()), unix.LOCK_EX)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("lock store: %w", err)
+	}
+	return func() { lf.Close() }, nil // closing the file drops the flock
+}
+
+// save replaces images.json with st; the caller holds the lock.
+func (s *Store) save(st *state) error {
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode image index: %w", err)

@@ -10,6 +10,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 
+	"github.com/minibuild/minibuild/gc"
 	"github.com/minibuild/minibuild/store"
 )
 
@@ -140,24 +141,40 @@ func newTagCommand(g *globalOptions) *cobra.Command {
 }
 
 func newRmiCommand(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
-		Use:   "rmi IMAGE...",
-		Short: "Remove image tags (blobs stay until garbage collection)",
-		Args:  cobra.MinimumNArgs(1),
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "rmi [-f] IMAGE...",
+		Short: "Remove images by name, id or id prefix, and free what no longer is needed",
+		Long: `rmi NAME untags; the image goes when that was its last tag. rmi ID (or a
+unique id prefix, or a digest) removes the image, refusing one that is still
+tagged or that a child image was built on unless -f. Then blobs and extracted
+layers nothing reaches are freed (cache records stay until prune).`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := openStore(g)
+			s, err := gc.Open(g.root)
 			if err != nil {
 				return err
 			}
+			removals, freed, err := gc.RemoveImages(s, args, force)
+			out := cmd.OutOrStdout()
 			var errs []error
-			for _, ref := range args {
-				if err := st.Untag(ref); err != nil {
-					errs = append(errs, fmt.Errorf("rmi %s: %w", ref, err))
-					continue
+			for _, r := range removals {
+				for _, t := range r.Untagged {
+					fmt.Fprintf(out, "Untagged: %s\n", t)
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "Untagged: %s\n", ref)
+				for _, id := range r.Deleted {
+					fmt.Fprintf(out, "Deleted: %s\n", id)
+				}
+				if r.Err != nil {
+					errs = append(errs, fmt.Errorf("rmi %s: %w", r.Ref, r.Err))
+				}
 			}
-			return errors.Join(errs...)
+			if t := freed.Total(); t > 0 {
+				fmt.Fprintf(out, "freed %s\n", humanSize(t))
+			}
+			return errors.Join(append(errs, err)...)
 		},
 	}
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "remove an image that is still tagged or has a child image")
+	return cmd
 }

@@ -73,7 +73,8 @@ func progressIsJSON(cmd *cobra.Command, args []string) bool {
 
 // globalOptions are the flags every command shares.
 type globalOptions struct {
-	root string
+	root          string
+	gcKeepStorage string // --gc-keep-storage (autogc.go)
 }
 
 func newRootCommand() *cobra.Command {
@@ -111,9 +112,11 @@ first step whose key changed.
 	root.SetFlagErrorFunc(flagError)
 	root.PersistentFlags().StringVar(&g.root, "root", defaultRoot(), "directory holding everything minibuild keeps (env MINIBUILD_ROOT)")
 	addBuildFlags(root, b)
+	addGCFlags(root, g)
 	root.AddCommand(newBuildCommand(g), newImagesCommand(g), newInspectCommand(g), newHistoryCommand(g),
 		newTagCommand(g), newRmiCommand(g), newSaveCommand(g), newLoadCommand(g),
-		newPushCommand(g), newPullCommand(g), newLoginCommand(), newLogoutCommand(), newPruneCommand(g), newVersionCommand())
+		newPushCommand(g), newPullCommand(g), newLoginCommand(), newLogoutCommand(), newPruneCommand(g), newVersionCommand(),
+		newDfCommand(g))
 	return root
 }
 

@@ -1,0 +1,160 @@
+package snapshot
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+)
+
+// Extracted layers are a cache of the layer blobs, not the truth: the
+// collector lists them with their sizes and removes those no chain needs
+// (or, when disk is short, the least recently made); a later Prepare
+// extracts a removed layer again from its blob.
+
+// LayerDir is one extracted layer under root/snapshots/layers.
+type LayerDir struct {
+	ID   string // LayerDirID of its diffID
+	Size int64  // bytes of its regular files, each inode once
+	// Changed is the later of the dir's mtime and ctime: when it was
+	// extracted (rename into place sets the ctime).
+	Changed time.Time
+}
+
+// LayerDirID names the extracted dir of the layer with this diffID (or,
+// for a layer whose diffID is unknown, blob digest). It is "" for an
+// invalid digest.
+func LayerDirID(d digest.Digest) string {
+	id, err := Layer{DiffID: d}.id()
+	if err != nil {
+		return ""
+	}
+	return id
+}
+
+// LayerDirs lists the extracted layers.
+func (sn *Snapshotter) LayerDirs() ([]LayerDir, error) {
+	ents, err := os.ReadDir(sn.layersDir)
+	if err != nil {
+		return nil, fmt.Errorf("list extracted layers: %w", err)
+	}
+	var out []LayerDir
+	for _, e := range ents {
+		if !e.IsDir() || e.Name() == emptyDir {
+			continue
+		}
+		p := filepath.Join(sn.layersDir, e.Name())
+		fi, err := os.Lstat(p)
+		if err != nil {
+			continue
+		}
+		out = append(out, LayerDir{ID: e.Name(), Size: treeSize(p), Changed: changed(fi)})
+	}
+	return out, nil
+}
+
+// RemoveLayers takes the extracted layers out of use: each is renamed
+// into a temp dir under its extraction lock (a layer being extracted is
+// skipped), so no chain ever sees one half removed. purge deletes what
+// was taken; call it when convenient — after a crash, Cleanup does.
+func (sn *Snapshotter) RemoveLayers(ids []string) (removed []string, purge func() error, err error) {
+	var trash []func() error
+	purge = func() error {
+		var errs []error
+		for _, release := range trash {
+			errs = append(errs, release())
+		}
+		return errors.Join(errs...)
+	}
+	for _, id := range ids {
+		if id == "" || id == emptyDir || filepath.Base(id) != id || strings.HasPrefix(id, ".") {
+			continue
+		}
+		ok, release, err := sn.detachLayer(id)
+		if release != nil {
+			trash = append(trash, release)
+		}
+		if err != nil {
+			return removed, purge, err
+		}
+		if ok {
+			removed = append(removed, id)
+		}
+	}
+	return removed, purge, nil
+}
+
+// detachLayer moves layers/<id> into a fresh temp dir unless an extractor
+// holds its lock.
+func (sn *Snapshotter) detachLayer(id string) (bool, func() error, error) {
+	dst := filepath.Join(sn.layersDir, id)
+	lf, err := os.OpenFile(dst+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return false, nil, fmt.Errorf("remove extracted layer %s: %w", id, err)
+	}
+	defer lf.Close()
+	if unix.Flock(int(lf.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
+		return false, nil, nil // being extracted right now
+	}
+	tmp, release, err := sn.tempDir("g")
+	if err != nil {
+		return false, nil, err
+	}
+	err = os.Rename(dst, filepath.Join(tmp, "l"))
+	os.Remove(dst + ".lock")
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, release, nil
+	}
+	if err != nil {
+		return false, release, fmt.Errorf("remove extracted layer %s: %w", id, err)
+	}
+	return true, release, nil
+}
+
+// TempSize is what temporary dirs (snapshots/tmp: scratch dirs of
+// running or killed builds) and COPY --from views hold.
+func (sn *Snapshotter) TempSize() int64 {
+	return treeSize(sn.tmpDir) + treeSize(filepath.Join(filepath.Dir(sn.layersDir), "views"))
+}
+
+// treeSize sums the sizes of the regular files under dir, counting a
+// hard-linked inode once.
+func treeSize(dir string) int64 {
+	var n int64
+	seen := map[uint64]bool{}
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 {
+			if seen[st.Ino] {
+				return nil
+			}
+			seen[st.Ino] = true
+		}
+		n += fi.Size()
+		return nil
+	})
+	return n
+}
+
+func changed(fi fs.FileInfo) time.Time {
+	t := fi.ModTime()
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		if c := time.Unix(st.Ctim.Sec, st.Ctim.Nsec); c.After(t) {
+			t = c
+		}
+	}
+	return t
+}
