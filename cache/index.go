@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
@@ -64,6 +65,10 @@ func (x *Index) Get(key digest.Digest) (*Record, error) {
 	if r.Version != recordVersion {
 		return nil, ErrMiss
 	}
+	// The record's mtime is its last use, for prune's least-recently-used
+	// order: atime cannot be trusted (noatime, relatime mounts).
+	now := time.Now()
+	_ = os.Chtimes(x.recordPath(key), now, now)
 	return &r, nil
 }
 

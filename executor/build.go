@@ -114,6 +114,10 @@ type builder struct {
 	bctx    *buildctx.Context
 	bctxErr error
 
+	// lease holds what the build uses (its bases, the layers of the
+	// records it reuses) against a concurrent garbage collector.
+	lease *store.Lease
+
 	mu     sync.Mutex
 	stages map[int]*stageResult
 	res    Result
@@ -135,6 +139,10 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	if b.lease, err = opts.Store.Lease(ctx); err != nil {
+		return nil, err
+	}
+	defer b.lease.Release()
 	defer func() {
 		if b.bctx != nil {
 			b.bctx.Close()

@@ -26,7 +26,7 @@ type CacheSource interface {
 func (s *step) lookup(ctx context.Context, key digest.Digest, in *cache.Inputs) (*cache.Record, bool) {
 	b := s.run.b
 	rec, err := b.opts.Cache.Get(key)
-	if err == nil && (rec.Layer == nil || b.opts.Store.HasBlob(rec.Layer.Digest)) {
+	if err == nil && (rec.Layer == nil || s.holdLayer(rec.Layer)) {
 		return rec, true // the index never outranks the blobs
 	}
 	for _, src := range b.opts.CacheFrom {
@@ -39,6 +39,9 @@ func (s *step) lookup(ctx context.Context, key digest.Digest, in *cache.Inputs) 
 				b.warn("cache import: " + err.Error())
 				continue
 			}
+			if !s.holdLayer(rec.Layer) {
+				continue
+			}
 		}
 		imported := &cache.Inputs{Parent: in.Parent, Instruction: in.Instruction}
 		if err := b.opts.Cache.Put(key, s.where(), imported, rec); err != nil {
@@ -47,4 +50,16 @@ func (s *step) lookup(ctx context.Context, key digest.Digest, in *cache.Inputs) 
 		return rec, true
 	}
 	return nil, false
+}
+
+// holdLayer adds a reused record's layer (blob and extracted dir) to the
+// build's lease and tells whether its blob is there: one a collection
+// removed before the lease held it is a miss.
+func (s *step) holdLayer(l *cache.Layer) bool {
+	b := s.run.b
+	if err := b.lease.Add(l.Digest, l.DiffID); err != nil {
+		b.warn("lease: " + err.Error())
+		return false
+	}
+	return b.opts.Store.HasBlob(l.Digest)
 }

@@ -176,6 +176,14 @@ func (b *builder) baseImage(ctx context.Context, ref string) (v1.Image, v1.Hash,
 	if !b.opts.Pull {
 		img, err := b.opts.Store.Image(ref)
 		if err == nil {
+			if err := b.hold(img); err != nil {
+				return nil, v1.Hash{}, false, err
+			}
+			// Held now: if a collection removed the image just before,
+			// its blobs are gone and opening it again says so.
+			if img, err = b.opts.Store.Image(ref); err != nil {
+				return nil, v1.Hash{}, false, err
+			}
 			h, err := img.Digest()
 			return img, h, false, err
 		}
@@ -187,7 +195,30 @@ func (b *builder) baseImage(ctx context.Context, ref string) (v1.Image, v1.Hash,
 	if err != nil {
 		return nil, v1.Hash{}, false, fmt.Errorf("not found in the local store, and pulling it failed: %w", err)
 	}
-	return img, h, true, nil
+	return img, h, true, b.hold(img)
+}
+
+// hold adds an image's blobs to the build's lease, so that a concurrent
+// garbage collector keeps them while the build reads them.
+func (b *builder) hold(img v1.Image) error {
+	m, err := img.Manifest()
+	if err != nil {
+		return err
+	}
+	md, err := img.Digest()
+	if err != nil {
+		return err
+	}
+	ds := []digest.Digest{digest.Digest(md.String()), digest.Digest(m.Config.Digest.String())}
+	for _, l := range m.Layers {
+		ds = append(ds, digest.Digest(l.Digest.String()))
+	}
+	if cf, err := img.ConfigFile(); err == nil {
+		for _, d := range cf.RootFS.DiffIDs {
+			ds = append(ds, digest.Digest(d.String())) // their extracted dirs
+		}
+	}
+	return b.lease.Add(ds...)
 }
 
 // context opens the build context on first use: a Dockerfile without

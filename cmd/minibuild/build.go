@@ -115,6 +115,14 @@ func runBuild(ctx context.Context, b *buildOptions, contextDir string) error {
 		return err
 	}
 	res, err := b.run(ctx, contextDir, prog)
+	if err == nil && res.StepsBuilt > 0 {
+		// Only a build that wrote something can have grown the store past
+		// the cap: a fully cached rebuild pays nothing for the check.
+		var line string
+		if line, err = autoGC(b.global); line != "" {
+			prog.Event(executor.Event{Kind: executor.KindWarning, Line: line})
+		}
+	}
 	if err == nil {
 		prog.Result(res, b.tags, time.Since(start))
 	}

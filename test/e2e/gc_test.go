@@ -201,3 +201,30 @@ func TestGCWhileBuilding(t *testing.T) {
 		e.verifyImage(fmt.Sprintf("w%d:latest", w), res)
 	}
 }
+
+// A build that leaves the store over --gc-keep-storage collects least
+// recently used cache right after it and says so in its summary; the
+// image it built stays whole and its rebuild fully cached.
+func TestAutomaticGCAfterBuild(t *testing.T) {
+	e := newEnv(t)
+	ctx := project(t, depsDockerfile, map[string]string{"app.py": "print(0)\n"})
+	for i := 0; i < 3; i++ {
+		os.WriteFile(filepath.Join(ctx, "app.py"), []byte(fmt.Sprintf("print(%d)\n", i)), 0o644)
+		e.build(ctx, nil, "-t", "app:latest", "--gc-keep-storage", "off")
+	}
+	// A live build's lease protects what changed within 2 s of its start
+	// (store/lease.go): let the earlier builds' blobs age past that.
+	time.Sleep(2500 * time.Millisecond)
+	os.WriteFile(filepath.Join(ctx, "app.py"), []byte("print(3)\n"), 0o644)
+	b := e.buildJSON(ctx, nil, "-t", "app:latest", "--gc-keep-storage", "50MB")
+	if b.code != 0 || !strings.Contains(b.stderr, "gc: store over") {
+		t.Fatalf("the build over the cap did not collect:\n%s", b.result)
+	}
+	if size := e.df().storeSize(); size > 50<<20 {
+		t.Errorf("after automatic GC the store holds %d bytes, cap 50MB\n%s", size, e.ok("df", "-v").stdout)
+	}
+	if again := e.build(ctx, nil, "-t", "app:latest"); again.res.StepsBuilt != 0 {
+		t.Errorf("rebuild after automatic GC built %d steps:%s", again.res.StepsBuilt, again.describe())
+	}
+	e.verifyImage("app:latest", "print(3)\n")
+}
