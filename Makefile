@@ -13,7 +13,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 
 # Debian packages each target needs (installed when missing and running as root).
 DEMO_PKGS  := busybox-static
-TEST_PKGS  := busybox-static skopeo umoci docker-registry xz-utils procps
+TEST_PKGS  := busybox-static skopeo umoci docker-registry xz-utils procps slirp4netns
 BENCH_PKGS := busybox-static hyperfine
 
 .PHONY: all build test unit e2e demo base bench lint deps-demo deps-test deps-bench clean

@@ -45,6 +45,8 @@ type Plan struct {
 	cacheTo   []remote.Spec
 	iidfile   string
 	registry  Registry
+	// warn receives what an output left out (set by Build; may be nil).
+	warn func(string)
 }
 
 // NewPlan checks r: it parses the output and cache specs, validates the
@@ -85,6 +87,7 @@ func Build(ctx context.Context, opts executor.Options, p *Plan) (*executor.Resul
 			opts.Progress(executor.Event{Kind: executor.KindWarning, Line: line})
 		}
 	}
+	p.warn = warn
 	opts.CacheFrom = append(opts.CacheFrom, importCaches(ctx, opts.Store, p.cacheFrom, Registry{Insecure: p.registry.Insecure}, warn)...)
 	res, err := executor.Build(ctx, opts)
 	if err != nil {
@@ -120,7 +123,7 @@ func (p *Plan) Finish(ctx context.Context, st *store.Store, idx *cache.Index, re
 		}
 	}
 	for _, o := range p.outputs {
-		if err := o.Write(ctx, []archive.Named{{Image: res.Image, Tags: p.tags}}); err != nil {
+		if err := o.write(ctx, []archive.Named{{Image: res.Image, Tags: p.tags}}, p.warn); err != nil {
 			return err
 		}
 	}

@@ -75,6 +75,12 @@ func ParseOutput(spec string) (Output, error) {
 // Write writes imgs (one for a build) to the output. type=registry is a
 // no-op here: Finish pushes it.
 func (o Output) Write(ctx context.Context, imgs []archive.Named) error {
+	return o.write(ctx, imgs, nil)
+}
+
+// write is Write; warn (when not nil) hears of device nodes type=local
+// left out.
+func (o Output) write(ctx context.Context, imgs []archive.Named, warn func(string)) error {
 	switch o.Type {
 	case "registry":
 		return nil
@@ -82,7 +88,7 @@ func (o Output) Write(ctx context.Context, imgs []archive.Named) error {
 		if len(imgs) != 1 {
 			return fmt.Errorf("type=local writes exactly one image")
 		}
-		return writeRootfs(ctx, imgs[0], o.Dest)
+		return writeRootfs(ctx, imgs[0], o.Dest, warn)
 	}
 	if err := os.MkdirAll(filepath.Dir(o.Dest), 0o755); err != nil {
 		return err
@@ -118,15 +124,26 @@ func writeTar(path string, write func(io.Writer, []archive.Named) error, imgs []
 }
 
 // writeRootfs flattens the image's layers into dir, resolving every path
-// inside it.
-func writeRootfs(ctx context.Context, img archive.Named, dir string) error {
+// inside it. Device nodes are left out (snapshot.ExtractTree says why);
+// warn names them.
+func writeRootfs(ctx context.Context, img archive.Named, dir string, warn func(string)) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
 	rc := mutate.Extract(img.Image)
 	defer rc.Close()
-	if _, err := snapshot.Extract(ctx, rc, dir); err != nil {
+	devices, err := snapshot.ExtractTree(ctx, rc, dir)
+	if err != nil {
 		return fmt.Errorf("write rootfs to %s: %w", dir, err)
+	}
+	if len(devices) > 0 && warn != nil {
+		names := devices[:min(len(devices), 5)]
+		more := ""
+		if len(devices) > len(names) {
+			more = ", …"
+		}
+		warn(fmt.Sprintf("-o type=local: %d device node(s) left out of %s (a host directory gets no working device nodes): %s%s",
+			len(devices), dir, strings.Join(names, ", "), more))
 	}
 	return nil
 }
