@@ -38,6 +38,9 @@ func newRunOp(ctx context.Context, s *step, c *instructions.RunCommand) (*runOp,
 	if err != nil {
 		return nil, err
 	}
+	if instructions.GetSecurity(c) == instructions.SecurityInsecure && !s.run.b.opts.AllowInsecure {
+		return nil, errors.New("RUN --security=insecure is not allowed: build with --allow security.insecure")
+	}
 	scope := s.run.scope
 	o := &runOp{s: s, c: c, network: network, args: argsKey(scope.Args(), scope.ExpandEnv())}
 	if o.mounts, err = s.prepareMounts(ctx, c); err != nil {
@@ -94,7 +97,9 @@ func (s *step) runNetwork(c *instructions.RunCommand) (sandbox.Network, error) {
 		mode = instructions.GetNetwork(c)
 	}
 	switch mode {
-	case "", "default", "host":
+	case "", "default":
+		return sandbox.NetworkDefault, nil
+	case "host":
 		return sandbox.NetworkHost, nil
 	case "none":
 		return sandbox.NetworkNone, nil
@@ -177,6 +182,11 @@ func (s *step) executeRun(ctx context.Context, c *instructions.RunCommand, mount
 	if why := opts.Snapshots.Probe(); why != nil {
 		s.run.b.warn(fmt.Sprintf("overlay snapshots do not work here (%v); copying instead", why))
 	}
+	if network == sandbox.NetworkDefault {
+		if why := sandbox.ProbeNetwork(); why != nil {
+			s.run.b.warn(why.Error())
+		}
+	}
 	ms, err := s.setupMounts(ctx, mounts)
 	if err != nil {
 		return nil, err
@@ -204,6 +214,7 @@ func (s *step) executeRun(ctx context.Context, c *instructions.RunCommand, mount
 		Mounts:    ms.mounts,
 		Files:     ms.files,
 		Network:   network,
+		Insecure:  instructions.GetSecurity(c) == instructions.SecurityInsecure,
 		Stdout:    out,
 		Stderr:    out,
 	}

@@ -142,7 +142,7 @@ func TestStdoutOutputs(t *testing.T) {
 	img, _ := random.Image(256, 2)
 	named := []archive.Named{{Image: img, Tags: []string{"a:1"}}}
 	var tarOut, ociOut bytes.Buffer
-	if err := (Output{Type: "tar", Dest: Stdout}).write(context.Background(), named, &tarOut); err != nil {
+	if err := (Output{Type: "tar", Dest: Stdout}).write(context.Background(), named, &tarOut, nil); err != nil {
 		t.Fatal(err)
 	}
 	tr := tar.NewReader(&tarOut)
@@ -156,7 +156,7 @@ func TestStdoutOutputs(t *testing.T) {
 	if n == 0 {
 		t.Error("the rootfs tar is empty")
 	}
-	if err := (Output{Type: "oci", Dest: Stdout}).write(context.Background(), named, &ociOut); err != nil {
+	if err := (Output{Type: "oci", Dest: Stdout}).write(context.Background(), named, &ociOut, nil); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Contains(ociOut.Bytes(), []byte("oci-layout")) {

@@ -113,6 +113,7 @@ func Build(ctx context.Context, opts executor.Options, p *Plan) (*executor.Resul
 			opts.Progress(executor.Event{Kind: executor.KindWarning, Line: line})
 		}
 	}
+	p.warn = warn
 	opts.CacheFrom = append(opts.CacheFrom, importCaches(ctx, opts.Store, p.cacheFrom, Registry{Insecure: p.registry.Insecure}, warn)...)
 	res, err := executor.Build(ctx, opts)
 	if err != nil {
@@ -160,7 +161,7 @@ func (p *Plan) finish(ctx context.Context, st *store.Store, idx *cache.Index, re
 		stdout = os.Stdout
 	}
 	for _, o := range p.outputs {
-		if err := o.write(ctx, []archive.Named{{Image: res.Image, Tags: p.tags}}, stdout); err != nil {
+		if err := o.write(ctx, []archive.Named{{Image: res.Image, Tags: p.tags}}, stdout, p.warn); err != nil {
 			return err
 		}
 	}

@@ -120,10 +120,12 @@ func (o Output) check(spec string, push bool) (Output, error) {
 // os.Stdout. type=registry and type=image are no-ops here: Finish pushes
 // and tags them.
 func (o Output) Write(ctx context.Context, imgs []archive.Named) error {
-	return o.write(ctx, imgs, os.Stdout)
+	return o.write(ctx, imgs, os.Stdout, nil)
 }
 
-func (o Output) write(ctx context.Context, imgs []archive.Named, stdout io.Writer) error {
+// write is Write with stdout given; warn (when not nil) hears of device
+// nodes type=local left out.
+func (o Output) write(ctx context.Context, imgs []archive.Named, stdout io.Writer, warn func(string)) error {
 	var write func(io.Writer, []archive.Named) error
 	switch o.Type {
 	case "registry", "image":
@@ -132,7 +134,7 @@ func (o Output) write(ctx context.Context, imgs []archive.Named, stdout io.Write
 		if len(imgs) != 1 {
 			return fmt.Errorf("type=local writes exactly one image")
 		}
-		return writeRootfs(ctx, imgs[0], o.Dest)
+		return writeRootfs(ctx, imgs[0], o.Dest, warn)
 	case "tar":
 		write = writeRootfsTar
 	case "oci":
@@ -191,15 +193,26 @@ func writeRootfsTar(w io.Writer, imgs []archive.Named) error {
 }
 
 // writeRootfs flattens the image's layers into dir, resolving every path
-// inside it.
-func writeRootfs(ctx context.Context, img archive.Named, dir string) error {
+// inside it. Device nodes are left out (snapshot.ExtractTree says why);
+// warn names them.
+func writeRootfs(ctx context.Context, img archive.Named, dir string, warn func(string)) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
 	rc := mutate.Extract(img.Image)
 	defer rc.Close()
-	if _, err := snapshot.Extract(ctx, rc, dir); err != nil {
+	devices, err := snapshot.ExtractTree(ctx, rc, dir)
+	if err != nil {
 		return fmt.Errorf("write rootfs to %s: %w", dir, err)
+	}
+	if len(devices) > 0 && warn != nil {
+		names := devices[:min(len(devices), 5)]
+		more := ""
+		if len(devices) > len(names) {
+			more = ", …"
+		}
+		warn(fmt.Sprintf("-o type=local: %d device node(s) left out of %s (a host directory gets no working device nodes): %s%s",
+			len(devices), dir, strings.Join(names, ", "), more))
 	}
 	return nil
 }

@@ -16,20 +16,6 @@ import (
 
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// keptCap reports the capabilities a command may keep: Docker's default
-// set minus CAP_MKNOD, since without a device cgroup a node for the host's
-// disk would be a way out.
-func keptCap(c int) bool {
-	switch c {
-	case unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE, unix.CAP_FOWNER, unix.CAP_FSETID,
-		unix.CAP_KILL, unix.CAP_SETGID, unix.CAP_SETUID, unix.CAP_SETPCAP,
-		unix.CAP_NET_BIND_SERVICE, unix.CAP_NET_RAW, unix.CAP_SYS_CHROOT,
-		unix.CAP_AUDIT_WRITE, unix.CAP_SETFCAP:
-		return true
-	}
-	return false
-}
-
 // initMain is the container init. It returns the process exit code.
 func initMain() int {
 	// Capabilities are per thread and the command is forked from this one.
@@ -68,7 +54,7 @@ func initMain() int {
 	if err != nil {
 		return fail(err)
 	}
-	if err := dropCaps(); err != nil {
+	if err := harden(&spec); err != nil {
 		return fail(err)
 	}
 	groups := make([]uint32, len(spec.ExtraGIDs))
@@ -148,7 +134,8 @@ func setupRoot(spec *initSpec) error {
 		// Onto itself: shadowing /tmp would hide bind sources under it.
 		root = m.Source
 	}
-	flags := uintptr(0)
+	// nodev: a device node a layer carries is an inert entry here.
+	flags := uintptr(unix.MS_NODEV)
 	data := strings.Join(m.Options, ",")
 	if m.Type == "bind" {
 		flags, data = unix.MS_BIND|unix.MS_REC, ""
@@ -156,16 +143,21 @@ func setupRoot(spec *initSpec) error {
 	if err := unix.Mount(m.Source, root, m.Type, flags, data); err != nil {
 		return rootfsError{fmt.Errorf("mount rootfs (%s %s): %w", m.Type, data, err)}
 	}
+	if m.Type == "bind" {
+		if err := restrictBind(root, false); err != nil {
+			return rootfsError{fmt.Errorf("mount rootfs nodev: %w", err)}
+		}
+	}
 	if err := os.Chdir(root); err != nil { // now inside the new mount
 		return err
 	}
-	if err := mountPseudo(root); err != nil {
+	if err := mountPseudo(root, spec); err != nil {
 		return err
 	}
 	if err := mountExtra(root, spec.Mounts, spec.Files); err != nil {
 		return err
 	}
-	if spec.Network == NetworkNone {
+	if spec.Network != NetworkHost {
 		if err := loopbackUp(); err != nil {
 			return fmt.Errorf("bring up loopback: %w", err)
 		}
@@ -210,7 +202,9 @@ func target(root, rel string, dir bool) (string, bool) {
 	return p, true
 }
 
-func mountPseudo(root string) error {
+// mountPseudo mounts /proc, /dev and /sys (read-only, docker's paths
+// masked unless insecure) and the host files.
+func mountPseudo(root string, spec *initSpec) error {
 	const noSuidDevExec = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
 	proc, ok := target(root, "proc", true)
 	if !ok {
@@ -219,19 +213,6 @@ func mountPseudo(root string) error {
 	if err := unix.Mount("proc", proc, "proc", noSuidDevExec, ""); err != nil {
 		return fmt.Errorf("mount /proc: %w", err)
 	}
-	// Like Docker: the host-wide knobs in /proc are read-only or hidden.
-	for _, p := range []string{"sys", "sysrq-trigger", "irq", "bus", "fs"} {
-		p = filepath.Join(proc, p)
-		if unix.Mount(p, p, "", unix.MS_BIND|unix.MS_REC, "") == nil {
-			unix.Mount("", p, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_REC, "")
-		}
-	}
-	for _, p := range []string{"kcore", "keys", "timer_list", "sched_debug", "latency_stats"} {
-		unix.Mount("/dev/null", filepath.Join(proc, p), "", unix.MS_BIND, "")
-	}
-	for _, p := range []string{"acpi", "scsi"} {
-		unix.Mount("tmpfs", filepath.Join(proc, p), "tmpfs", unix.MS_RDONLY, "")
-	}
 	if err := mountDev(root); err != nil {
 		return fmt.Errorf("set up /dev: %w", err)
 	}
@@ -239,9 +220,20 @@ func mountPseudo(root string) error {
 		// Best effort: some hosts refuse sysfs here, and builds rarely need it.
 		unix.Mount("sysfs", sys, "sysfs", noSuidDevExec|unix.MS_RDONLY, "")
 	}
+	if !spec.Insecure {
+		if err := maskKernelPaths(root); err != nil {
+			return err
+		}
+	}
 	for _, f := range hostFiles {
 		dst, ok := target(root, f, false)
 		if !ok {
+			continue
+		}
+		if f == "etc/resolv.conf" && spec.ResolvConf != nil {
+			if err := mountFile(root, dst, File{Data: spec.ResolvConf, Mode: 0o644}, -1); err != nil {
+				return fmt.Errorf("mount /%s: %w", f, err)
+			}
 			continue
 		}
 		if _, err := os.Stat("/" + f); err != nil {
@@ -250,7 +242,7 @@ func mountPseudo(root string) error {
 		if err := unix.Mount("/"+f, dst, "", unix.MS_BIND, ""); err != nil {
 			return fmt.Errorf("bind /%s: %w", f, err)
 		}
-		if err := unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		if err := restrictBind(dst, true); err != nil {
 			return fmt.Errorf("bind /%s read-only: %w", f, err)
 		}
 	}
@@ -320,32 +312,4 @@ func lookPath(file string, env []string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("exec: %q: executable file not found in $PATH", file)
-}
-
-// dropCaps limits what the command (forked from this thread) can gain:
-// the bounding set shrinks to keptCap, inheritable and ambient sets empty.
-func dropCaps() error {
-	last := 40
-	if b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
-		fmt.Sscan(string(b), &last)
-	}
-	for c := 0; c <= last; c++ {
-		if keptCap(c) {
-			continue
-		}
-		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil && !errors.Is(err, unix.EINVAL) {
-			return fmt.Errorf("drop capability %d: %w", c, err)
-		}
-	}
-	unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return fmt.Errorf("capget: %w", err)
-	}
-	data[0].Inheritable, data[1].Inheritable = 0, 0
-	if err := unix.Capset(&hdr, &data[0]); err != nil {
-		return fmt.Errorf("capset: %w", err)
-	}
-	return nil
 }

@@ -101,10 +101,9 @@ func mountOne(root string, e extra, n int) error {
 		if err := unix.Mount(m.Source, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 			return err
 		}
-		if m.ReadOnly {
-			return unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, "")
-		}
-		return nil
+		// nodev like the rootfs: a view of a stage or the context holds
+		// whatever nodes its layers carried.
+		return restrictBind(dst, m.ReadOnly)
 	}
 	if m.Dir != "" {
 		// Relative paths in the options: mount from Dir, then come back.

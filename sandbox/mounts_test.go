@@ -135,7 +135,8 @@ func TestNetwork(t *testing.T) {
 		net  sandbox.Network
 		want string
 	}{
-		{"", "hello from host\n"},
+		{"", "unreachable\n"}, // private: its 127.0.0.1 is its own
+		{sandbox.NetworkDefault, "unreachable\n"},
 		{sandbox.NetworkHost, "hello from host\n"},
 		{sandbox.NetworkNone, "unreachable\n"},
 	} {

@@ -47,12 +47,18 @@ type Spec struct {
 	// given as a mount point to Prepare.
 	Mounts []mount.Mount
 	Files  []File
-	// Network is NetworkHost (the default: the host's network, so that
-	// package installs work) or NetworkNone (a fresh network namespace
-	// with only loopback, up).
+	// Network is NetworkDefault (or ""): a private network namespace
+	// with outbound access through slirp4netns, or the host's network
+	// without CAP_NET_RAW where the helper is missing (ProbeNetwork says
+	// so once); NetworkHost: the host's network, without CAP_NET_RAW;
+	// NetworkNone: a fresh network namespace with only loopback, up.
 	Network Network
-	Stdout  io.Writer
-	Stderr  io.Writer
+	// Insecure is RUN --security=insecure: no seccomp filter, every
+	// capability, /proc and /sys unmasked. The caller decides whether it
+	// is allowed; fds, namespaces and nodev stay.
+	Insecure bool
+	Stdout   io.Writer
+	Stderr   io.Writer
 }
 
 // Network is a RUN's network mode.
@@ -60,8 +66,9 @@ type Network string
 
 // The network modes.
 const (
-	NetworkHost Network = "host"
-	NetworkNone Network = "none"
+	NetworkDefault Network = "default"
+	NetworkHost    Network = "host"
+	NetworkNone    Network = "none"
 )
 
 // File is content mounted read-only at Target (a secret, a heredoc
@@ -102,6 +109,13 @@ type initSpec struct {
 	Mounts    []mount.Mount
 	Files     []File
 	Network   Network
+	// HostNet tells that the command shares the host's network namespace
+	// (NetworkHost, or the default without its helper): no CAP_NET_RAW.
+	HostNet bool
+	// ResolvConf, when set, replaces the host's /etc/resolv.conf (the
+	// private network's resolver is its helper's).
+	ResolvConf []byte `json:",omitempty"`
+	Insecure   bool
 }
 
 // initStatus is what the init reports back when setup fails.
@@ -136,25 +150,53 @@ func Run(ctx context.Context, spec Spec) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	// Whatever minibuild's caller left open stays out of every child.
+	if err := cloexecFrom(3); err != nil {
+		return fmt.Errorf("sandbox: %w", err)
+	}
+	is := initSpec{
+		Rootfs: spec.Rootfs, Args: spec.Args, Env: spec.Env, Cwd: spec.Cwd,
+		UID: spec.UID, GID: spec.GID, ExtraGIDs: spec.ExtraGIDs, Hostname: spec.Hostname,
+		Mounts: spec.Mounts, Files: spec.Files, Network: spec.Network, Insecure: spec.Insecure,
+	}
 	cloneflags := uintptr(syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC)
+	helperPath := ""
 	switch spec.Network {
-	case "", NetworkHost:
+	case "", NetworkDefault:
+		var err error
+		if helperPath, err = findHelper(); err != nil {
+			is.Network, is.HostNet = NetworkHost, true
+			break
+		}
+		is.Network, is.ResolvConf = NetworkDefault, privateResolvConf()
+		cloneflags |= syscall.CLONE_NEWNET
+	case NetworkHost:
+		is.HostNet = true
 	case NetworkNone:
 		cloneflags |= syscall.CLONE_NEWNET
 	default:
 		return fmt.Errorf("sandbox: unknown network mode %q", spec.Network)
 	}
-	payload, err := json.Marshal(initSpec{
-		Rootfs: spec.Rootfs, Args: spec.Args, Env: spec.Env, Cwd: spec.Cwd,
-		UID: spec.UID, GID: spec.GID, ExtraGIDs: spec.ExtraGIDs, Hostname: spec.Hostname,
-		Mounts: spec.Mounts, Files: spec.Files, Network: spec.Network,
-	})
+	payload, err := json.Marshal(is)
 	if err != nil {
 		return fmt.Errorf("sandbox: encode spec: %w", err)
 	}
 	p, err := startInit(spec, cloneflags)
 	if err != nil {
 		return err
+	}
+	if is.Network == NetworkDefault {
+		// The init waits for its spec, so the command starts only once
+		// the namespace has its way out.
+		net, err := startSlirp(helperPath, p.cmd.Process.Pid)
+		if err != nil {
+			p.specW.Close()
+			p.cmd.Process.Kill()
+			<-p.waited
+			<-p.status
+			return fmt.Errorf("sandbox: %w", err)
+		}
+		defer net.stop()
 	}
 	go func() {
 		p.specW.Write(payload) // an early death of the init shows up in Wait

@@ -143,7 +143,32 @@ type dirTime struct {
 	mtime time.Time
 }
 
+// ExtractTree unpacks a (possibly compressed, flattened) image filesystem
+// into the dir root on the host, for -o type=local, as Extract does but
+// without device nodes: they are left out and their paths returned, so
+// that the caller can say so. A char or block node a layer carries is
+// inert inside RUN (the rootfs is mounted nodev), but a node written into
+// a host directory would open the host's device for whoever can reach it.
+// Left out rather than made empty regular files: a file would claim a
+// type the image does not have, and a copy of the tree into a real rootfs
+// would carry the lie on.
+func ExtractTree(ctx context.Context, r io.Reader, root string) (devices []string, err error) {
+	zr, err := Decompress(r)
+	if err != nil {
+		return nil, err
+	}
+	defer zr.Close()
+	err = extractTarTo(ctx, tar.NewReader(zr), root, &devices)
+	return devices, err
+}
+
 func extractTar(ctx context.Context, tr *tar.Reader, root string) error {
+	return extractTarTo(ctx, tr, root, nil)
+}
+
+// extractTarTo extracts tr into root; with devices non-nil, char and
+// block nodes are recorded there instead of made.
+func extractTarTo(ctx context.Context, tr *tar.Reader, root string, devices *[]string) error {
 	var dirs []dirTime
 	for n := 0; ; n++ {
 		if n%256 == 0 && ctx.Err() != nil {
@@ -156,7 +181,7 @@ func extractTar(ctx context.Context, tr *tar.Reader, root string) error {
 		if err != nil {
 			return fmt.Errorf("read tar: %w", err)
 		}
-		if err := extractEntry(root, hdr, tr, &dirs); err != nil {
+		if err := extractEntry(root, hdr, tr, &dirs, devices); err != nil {
 			return fmt.Errorf("extract %s: %w", hdr.Name, err)
 		}
 	}
@@ -194,7 +219,7 @@ func parentIn(root, rel string) (string, error) {
 	return p, nil
 }
 
-func extractEntry(root string, hdr *tar.Header, body io.Reader, dirs *[]dirTime) error {
+func extractEntry(root string, hdr *tar.Header, body io.Reader, dirs *[]dirTime, devices *[]string) error {
 	rel := strings.TrimPrefix(path.Clean("/"+hdr.Name), "/") // no ".." can survive
 	switch hdr.Typeflag {
 	case tar.TypeXGlobalHeader, tar.TypeXHeader:
@@ -227,6 +252,10 @@ func extractEntry(root string, hdr *tar.Header, body io.Reader, dirs *[]dirTime)
 		}
 		*dirs = append(*dirs, dirTime{target, hdr.ModTime})
 		return applyMeta(target, hdr) // its time is set once its content is in
+	}
+	if devices != nil && (hdr.Typeflag == tar.TypeChar || hdr.Typeflag == tar.TypeBlock) {
+		*devices = append(*devices, rel) // what was there is gone: later entries win
+		return nil
 	}
 	if done, err := createEntry(root, target, hdr, body); err != nil || done {
 		return err

@@ -45,6 +45,7 @@ type buildOptions struct {
 	metadataFile string
 	annotations  []string
 	contexts     []string
+	allow        []string // --allow entitlements
 	// RUN sandbox: --secret, --network, --snapshotter
 	secrets     []string
 	network     string
@@ -72,6 +73,7 @@ func addBuildFlags(cmd *cobra.Command, b *buildOptions) {
 	f.StringArrayVar(&b.insecure, "insecure-registry", nil, "registry host reached over plain http")
 	f.IntVar(&b.jobs, "jobs", 0, "how many stages may build at once (default: the number of CPUs)")
 	addRemoteFlags(cmd, &b.remote)
+	f.StringArrayVar(&b.allow, "allow", nil, "extra privileges (buildx entitlements): security.insecure lets RUN --security=insecure run without seccomp and with all capabilities; network.host is always allowed")
 	f.StringArrayVar(&b.contexts, "build-context", nil, "named context NAME=DIR or NAME=docker-image://REF, for FROM NAME and --from=NAME; repeatable")
 	f.StringArrayVar(&b.secrets, "secret", nil, "secret for RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR; repeatable")
 	f.StringVar(&b.network, "network", "default", "network of RUN steps without --network: default, none or host")
@@ -273,6 +275,10 @@ func (b *buildOptions) executorOptions(contextDir string, dockerfile []byte) (ex
 	if err != nil {
 		return opts, err
 	}
+	insecure, err := entitlements(b.allow)
+	if err != nil {
+		return opts, err
+	}
 	return executor.Options{
 		Services: executor.Services{StateDir: filepath.Join(b.global.root, "buildctx")},
 		Input: executor.Input{
@@ -286,14 +292,32 @@ func (b *buildOptions) executorOptions(contextDir string, dockerfile []byte) (ex
 			Contexts:       contexts,
 		},
 		Policy: executor.Policy{
-			NoCache:  b.noCache,
-			Pull:     b.pull,
-			Epoch:    epoch,
-			Insecure: b.insecure,
-			Network:  b.network,
-			Jobs:     b.jobs,
+			NoCache:       b.noCache,
+			Pull:          b.pull,
+			Epoch:         epoch,
+			Insecure:      b.insecure,
+			Network:       b.network,
+			Jobs:          b.jobs,
+			AllowInsecure: insecure,
 		},
 	}, nil
+}
+
+// entitlements parses --allow as buildx does: security.insecure, and
+// network.host (which RUN --network=host never needed here).
+func entitlements(flags []string) (insecure bool, err error) {
+	for _, f := range flags {
+		for _, e := range strings.Split(f, ",") {
+			switch e {
+			case "security.insecure":
+				insecure = true
+			case "network.host":
+			default:
+				return false, fmt.Errorf("--allow %s: unknown entitlement (want security.insecure or network.host)", e)
+			}
+		}
+	}
+	return insecure, nil
 }
 
 // namedContexts parses --build-context NAME=VALUE: a directory (made
