@@ -21,7 +21,7 @@ DEMO_PKGS  := busybox-static
 TEST_PKGS  := busybox-static skopeo umoci docker-registry xz-utils procps slirp4netns
 BENCH_PKGS := busybox-static hyperfine
 
-.PHONY: all build test unit e2e demo base bench lint deps-demo deps-test deps-bench clean
+.PHONY: all build test unit e2e demo base bench lint deps-demo deps-test deps-bench clean image
 
 all: build
 
@@ -62,6 +62,24 @@ demo: base
 	echo; echo "==> minibuild build -t myapp:1.1 (python-app, app.py changed)"; \
 	$(MB) build --progress=plain -t myapp:1.1 "$$tmp"; \
 	echo; $(MB) images
+
+# image: minibuild's own image, built with minibuild: FROM scratch, the static
+# binary (with the version ldflags) and the host's Debian CA certificates,
+# ENTRYPOINT ["/minibuild"]; tagged minibuild:VERSION and minibuild:latest in
+# the store at MINIBUILD_ROOT (default ~/.local/share/minibuild). Layers are
+# reproducible: SOURCE_DATE_EPOCH is the commit's time.
+IMAGE_DIR := examples/image
+image:
+	@$(call ensure_pkgs,ca-certificates)
+	@set -e; ctx=$$(mktemp -d); trap 'rm -rf "$$ctx"' EXIT; \
+	tag=$$(printf '%s' '$(VERSION)' | tr -c 'A-Za-z0-9_.-' '_' | cut -c1-128); \
+	epoch=$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct 2>/dev/null || echo 0)}; \
+	cp $(IMAGE_DIR)/* /etc/ssl/certs/ca-certificates.crt "$$ctx/"; \
+	echo "==> CGO_ENABLED=0 go build -o $$ctx/minibuild ./cmd/minibuild"; \
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o "$$ctx/minibuild" ./cmd/minibuild; \
+	echo "==> minibuild build -t minibuild:$$tag -t minibuild:latest"; \
+	SOURCE_DATE_EPOCH=$$epoch "$$ctx/minibuild" build --progress=plain \
+		--build-arg VERSION='$(VERSION)' -t "minibuild:$$tag" -t minibuild:latest "$$ctx"
 
 bench: deps-bench build
 	bench/run.sh
