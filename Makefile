@@ -18,7 +18,7 @@ LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
 # Debian packages each target needs (installed when missing and running as root).
 DEMO_PKGS  := busybox-static
-TEST_PKGS  := busybox-static skopeo umoci docker-registry xz-utils procps slirp4netns
+TEST_PKGS  := busybox-static skopeo umoci docker-registry xz-utils procps slirp4netns jq ca-certificates
 BENCH_PKGS := busybox-static hyperfine
 
 .PHONY: all build test unit e2e demo base bench lint deps-demo deps-test deps-bench clean image

@@ -34,7 +34,7 @@ func (r *stageRun) imageFiles(ctx context.Context) fileReader {
 // does: a numeric uid needs no passwd entry (gid 0 then), a name does.
 func resolveUser(read fileReader, spec string) (identity, error) {
 	if spec == "" {
-		spec = "root"
+		spec = "0" // docker runs an unset USER as uid 0, with or without a passwd file
 	}
 	userPart, groupPart, hasGroup := strings.Cut(spec, ":")
 	id := identity{Home: "/"}

@@ -53,6 +53,14 @@ func TestResolveUser(t *testing.T) {
 // --chown follows BuildKit's readUser: a numeric uid alone is also the
 // gid, with or without a passwd entry; a name takes its entry's uid and
 // primary gid.
+// An image without /etc/passwd runs an unset USER as root, as docker does.
+func TestResolveUserWithoutPasswd(t *testing.T) {
+	got, err := resolveUser(fakeFiles(nil), "")
+	if err != nil || !reflect.DeepEqual(got, identity{Home: "/"}) {
+		t.Errorf("resolveUser without passwd: %+v, %v", got, err)
+	}
+}
+
 func TestResolveOwner(t *testing.T) {
 	files := map[string]string{
 		"/etc/passwd": "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
