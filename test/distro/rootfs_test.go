@@ -53,6 +53,10 @@ func debianRootfs(dir string) (string, error) {
 	if _, err := os.Stat(filepath.Join(rootfs, "etc", "debian_version")); err == nil {
 		return rootfs, nil // another run finished it while we waited
 	}
+	stale, _ := filepath.Glob(filepath.Join(dir, ".rootfs.tmp-*")) // left by killed runs
+	for _, d := range stale {
+		os.RemoveAll(d)
+	}
 	tmp, err := os.MkdirTemp(dir, ".rootfs.tmp-")
 	if err != nil {
 		return "", err
