@@ -18,10 +18,10 @@ LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
 # Debian packages each target needs (installed when missing and running as root).
 DEMO_PKGS  := busybox-static
-TEST_PKGS  := busybox-static skopeo umoci docker-registry xz-utils procps slirp4netns jq ca-certificates
+TEST_PKGS  := busybox-static skopeo umoci docker-registry xz-utils procps slirp4netns jq ca-certificates debootstrap buildah
 BENCH_PKGS := busybox-static hyperfine
 
-.PHONY: all build test unit e2e demo base bench lint deps-demo deps-test deps-bench clean image
+.PHONY: all build test unit e2e distro demo base bench lint deps-demo deps-test deps-bench clean image
 
 all: build
 
@@ -29,18 +29,25 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/minibuild
 
 # go vet, the unit tests of every package, then the end-to-end tests over the
-# real binary (those need root: namespaces, overlayfs, chown).
+# real binary and the real-distribution suite (those need root: namespaces,
+# overlayfs, chown).
 test: deps-test build
 	$(GO) vet ./...
-	$(GO) test -count=1 $$($(GO) list ./... | grep -v /test/e2e)
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /test/)
 	@[ "$$(id -u)" = 0 ] || echo "WARNING: not root: the end-to-end tests will be skipped" >&2
 	$(GO) test -count=1 -timeout 20m $(E2EFLAGS) ./test/e2e/
+	$(GO) test -count=1 -timeout 60m -v ./test/distro/
 
 unit:
-	$(GO) test -count=1 $$($(GO) list ./... | grep -v /test/e2e)
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /test/)
 
 e2e: deps-test
 	$(GO) test -count=1 -timeout 20m $(E2EFLAGS) ./test/e2e/
+
+# distro: the real-distribution suite alone (a Debian bookworm base made with
+# debootstrap, cached in $$MINIBUILD_DISTRO_CACHE; images compared with buildah).
+distro: deps-test
+	$(GO) test -count=1 -timeout 60m -v ./test/distro/
 
 # base: the busybox base image, tagged busybox:latest in the store (so that
 # `FROM busybox` resolves locally, without a registry).
