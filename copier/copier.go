@@ -8,7 +8,6 @@ import (
 	"archive/tar"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -18,21 +17,17 @@ import (
 	"os"
 	"path"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/minibuild/minibuild/buildctx"
+	"github.com/minibuild/minibuild/cache"
 	"github.com/minibuild/minibuild/layer"
 	"github.com/opencontainers/go-digest"
 )
 
 // ErrNotFound is wrapped by the error for a source that matches nothing.
 var ErrNotFound = errors.New("not found")
-
-// keyVersion versions the Key encoding: changing it invalidates every key.
-const keyVersion = "minibuild/copier/v1"
 
 // Owner is a resolved --chown.
 type Owner struct{ UID, GID int }
@@ -523,47 +518,22 @@ func tarMode(m fs.FileMode) int64 {
 	return v
 }
 
-// computeKey hashes a versioned, length-prefixed encoding of the entries
-// (each field: uvarint length, bytes), batched through one buffer.
+// computeKey digests the entries in order with the one tree encoding
+// (cache.TreeHasher); a context file's raw sha256 goes in without a string.
 func computeKey(es []*entry) digest.Digest {
-	h := sha256.New()
-	buf := make([]byte, 0, 64<<10)
-	var num [24]byte
-	field := func(s string) {
-		buf = binary.AppendUvarint(buf, uint64(len(s)))
-		buf = append(buf, s...)
-	}
-	fieldBytes := func(b []byte) {
-		buf = binary.AppendUvarint(buf, uint64(len(b)))
-		buf = append(buf, b...)
-	}
-	field(keyVersion)
-	fieldBytes(strconv.AppendInt(num[:0], int64(len(es)), 10))
+	t := cache.NewTreeHasher()
+	var te cache.TreeEntry
 	for _, e := range es {
-		field(e.path)
-		if e.typ < utf8.RuneSelf {
-			buf = append(buf, 1, e.typ) // field(string(rune(e.typ))) without the string
-		} else {
-			field(string(rune(e.typ)))
-		}
-		fieldBytes(strconv.AppendInt(num[:0], e.mode, 8))
-		fieldBytes(strconv.AppendInt(num[:0], int64(e.uid), 10))
-		fieldBytes(strconv.AppendInt(num[:0], int64(e.gid), 10))
+		te.Path, te.Type, te.Mode, te.UID, te.GID, te.Link = e.path, e.typ, e.mode, e.uid, e.gid, e.link
 		if e.kind == srcContext {
-			buf = append(buf, byte(len(digestPrefix)+hex.EncodedLen(sha256.Size)))
-			buf = append(buf, digestPrefix...)
-			buf = hex.AppendEncode(buf, e.raw[:])
+			t.AddSHA256(&te, &e.raw)
 		} else {
-			field(string(e.sum))
-		}
-		field(e.link)
-		if len(buf) >= 32<<10 {
-			h.Write(buf)
-			buf = buf[:0]
+			te.Sum = e.sum
+			t.Add(&te)
+			te.Sum = ""
 		}
 	}
-	h.Write(buf)
-	return digest.NewDigest(digest.SHA256, h)
+	return t.Digest()
 }
 
 // digestPrefix starts a sha256 digest's string form.
