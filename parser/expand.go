@@ -79,17 +79,16 @@ func ExpandWord(word string, env []string, escape rune) (string, error) {
 // shared parsed Dockerfile.
 func clone(cmd instructions.Command, escape rune) (instructions.Command, error) {
 	switch c := cmd.(type) {
-	case *instructions.EnvCommand:
-		cp := *c
-		cp.Env = slices.Clone(c.Env)
-		return &cp, nil
-	case *instructions.LabelCommand:
-		cp := *c
-		cp.Labels = slices.Clone(c.Labels)
-		return &cp, nil
 	case *instructions.MaintainerCommand:
-		cp := *c
-		return &cp, nil
+		return shallow(c), nil
+	case *instructions.OnbuildCommand:
+		return shallow(c), nil
+	case *instructions.WorkdirCommand:
+		return shallow(c), nil
+	case *instructions.UserCommand:
+		return shallow(c), nil
+	case *instructions.StopSignalCommand:
+		return shallow(c), nil
 	case *instructions.AddCommand:
 		cp := *c
 		cp.SourcesAndDest = cloneSources(c.SourcesAndDest)
@@ -102,22 +101,41 @@ func clone(cmd instructions.Command, escape rune) (instructions.Command, error) 
 		cp.SourcesAndDest = cloneSources(c.SourcesAndDest)
 		cp.ExcludePatterns = slices.Clone(c.ExcludePatterns)
 		return &cp, nil
-	case *instructions.OnbuildCommand:
-		cp := *c
-		return &cp, nil
-	case *instructions.WorkdirCommand:
-		cp := *c
-		return &cp, nil
 	case *instructions.RunCommand:
 		return cloneRun(c, escape)
+	}
+	if cp := cloneConfig(cmd); cp != nil {
+		return cp, nil
+	}
+	return nil, fmt.Errorf("copy instruction: unsupported type %T", cmd)
+}
+
+// shallow copies a command that holds no slice, map or pointer.
+func shallow[T any](c *T) *T {
+	cp := *c
+	return &cp
+}
+
+// cloneConfig deep-copies the commands that hold lists of image config
+// values; nil for any other command.
+func cloneConfig(cmd instructions.Command) instructions.Command {
+	switch c := cmd.(type) {
+	case *instructions.EnvCommand:
+		cp := *c
+		cp.Env = slices.Clone(c.Env)
+		return &cp
+	case *instructions.LabelCommand:
+		cp := *c
+		cp.Labels = slices.Clone(c.Labels)
+		return &cp
 	case *instructions.CmdCommand:
 		cp := *c
 		cp.ShellDependantCmdLine = cloneCmdLine(c.ShellDependantCmdLine)
-		return &cp, nil
+		return &cp
 	case *instructions.EntrypointCommand:
 		cp := *c
 		cp.ShellDependantCmdLine = cloneCmdLine(c.ShellDependantCmdLine)
-		return &cp, nil
+		return &cp
 	case *instructions.HealthCheckCommand:
 		cp := *c
 		if c.Health != nil {
@@ -125,21 +143,19 @@ func clone(cmd instructions.Command, escape rune) (instructions.Command, error) 
 			h.Test = slices.Clone(c.Health.Test)
 			cp.Health = &h
 		}
-		return &cp, nil
+		return &cp
 	case *instructions.ExposeCommand:
 		cp := *c
 		cp.Ports = slices.Clone(c.Ports)
-		return &cp, nil
-	case *instructions.UserCommand:
-		cp := *c
-		return &cp, nil
+		return &cp
 	case *instructions.VolumeCommand:
 		cp := *c
 		cp.Volumes = slices.Clone(c.Volumes)
-		return &cp, nil
-	case *instructions.StopSignalCommand:
+		return &cp
+	case *instructions.ShellCommand:
 		cp := *c
-		return &cp, nil
+		cp.Shell = slices.Clone(c.Shell)
+		return &cp
 	case *instructions.ArgCommand:
 		cp := *c
 		cp.Args = make([]instructions.KeyValuePairOptional, len(c.Args))
@@ -150,13 +166,9 @@ func clone(cmd instructions.Command, escape rune) (instructions.Command, error) 
 			}
 			cp.Args[i] = a
 		}
-		return &cp, nil
-	case *instructions.ShellCommand:
-		cp := *c
-		cp.Shell = slices.Clone(c.Shell)
-		return &cp, nil
+		return &cp
 	}
-	return nil, fmt.Errorf("copy instruction: unsupported type %T", cmd)
+	return nil
 }
 
 func cloneSources(s instructions.SourcesAndDest) instructions.SourcesAndDest {
