@@ -121,54 +121,56 @@ func shallow[T any](c *T) *T {
 func cloneConfig(cmd instructions.Command) instructions.Command {
 	switch c := cmd.(type) {
 	case *instructions.EnvCommand:
-		cp := *c
-		cp.Env = slices.Clone(c.Env)
-		return &cp
+		return copyWith(c, func(cp *instructions.EnvCommand) { cp.Env = slices.Clone(c.Env) })
 	case *instructions.LabelCommand:
-		cp := *c
-		cp.Labels = slices.Clone(c.Labels)
-		return &cp
+		return copyWith(c, func(cp *instructions.LabelCommand) { cp.Labels = slices.Clone(c.Labels) })
 	case *instructions.CmdCommand:
-		cp := *c
-		cp.ShellDependantCmdLine = cloneCmdLine(c.ShellDependantCmdLine)
-		return &cp
+		return copyWith(c, func(cp *instructions.CmdCommand) { cp.ShellDependantCmdLine = cloneCmdLine(c.ShellDependantCmdLine) })
 	case *instructions.EntrypointCommand:
-		cp := *c
-		cp.ShellDependantCmdLine = cloneCmdLine(c.ShellDependantCmdLine)
-		return &cp
+		return copyWith(c, func(cp *instructions.EntrypointCommand) {
+			cp.ShellDependantCmdLine = cloneCmdLine(c.ShellDependantCmdLine)
+		})
 	case *instructions.HealthCheckCommand:
-		cp := *c
-		if c.Health != nil {
-			h := *c.Health
-			h.Test = slices.Clone(c.Health.Test)
-			cp.Health = &h
-		}
-		return &cp
+		return copyWith(c, cloneHealth)
 	case *instructions.ExposeCommand:
-		cp := *c
-		cp.Ports = slices.Clone(c.Ports)
-		return &cp
+		return copyWith(c, func(cp *instructions.ExposeCommand) { cp.Ports = slices.Clone(c.Ports) })
 	case *instructions.VolumeCommand:
-		cp := *c
-		cp.Volumes = slices.Clone(c.Volumes)
-		return &cp
+		return copyWith(c, func(cp *instructions.VolumeCommand) { cp.Volumes = slices.Clone(c.Volumes) })
 	case *instructions.ShellCommand:
-		cp := *c
-		cp.Shell = slices.Clone(c.Shell)
-		return &cp
+		return copyWith(c, func(cp *instructions.ShellCommand) { cp.Shell = slices.Clone(c.Shell) })
 	case *instructions.ArgCommand:
-		cp := *c
-		cp.Args = make([]instructions.KeyValuePairOptional, len(c.Args))
-		for i, a := range c.Args {
-			if a.Value != nil {
-				v := *a.Value
-				a.Value = &v
-			}
-			cp.Args[i] = a
-		}
-		return &cp
+		return copyWith(c, cloneArgs)
 	}
 	return nil
+}
+
+// copyWith copies *c, then lets deep replace the copy's shared parts.
+func copyWith[T any](c *T, deep func(cp *T)) *T {
+	cp := *c
+	deep(&cp)
+	return &cp
+}
+
+// cloneHealth replaces the copy's health check with its own copy.
+func cloneHealth(cp *instructions.HealthCheckCommand) {
+	if cp.Health != nil {
+		h := *cp.Health
+		h.Test = slices.Clone(h.Test)
+		cp.Health = &h
+	}
+}
+
+// cloneArgs replaces the copy's ARGs (and their values) with its own.
+func cloneArgs(cp *instructions.ArgCommand) {
+	args := make([]instructions.KeyValuePairOptional, len(cp.Args))
+	for i, a := range cp.Args {
+		if a.Value != nil {
+			v := *a.Value
+			a.Value = &v
+		}
+		args[i] = a
+	}
+	cp.Args = args
 }
 
 func cloneSources(s instructions.SourcesAndDest) instructions.SourcesAndDest {
