@@ -9,7 +9,6 @@ package archive
 
 import (
 	"archive/tar"
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -32,14 +31,6 @@ type Named struct {
 	Image v1.Image
 	Tags  []string
 }
-
-// Annotations in an OCI index, as BuildKit and containerd write them: the
-// full name in the containerd one, the tag alone in the OCI one (which is
-// what `skopeo oci-archive:F:TAG` and `umoci --image DIR:TAG` match).
-const (
-	annotationRefName   = "org.opencontainers.image.ref.name"
-	annotationImageName = "io.containerd.image.name"
-)
 
 // WriteDocker writes imgs as a docker-archive (manifest.json with RepoTags,
 // config and layer blobs) using go-containerregistry's tarball writer.
@@ -85,6 +76,12 @@ func WriteDocker(w io.Writer, imgs []Named) error {
 // images give the same bytes.
 var fixedTime = time.Unix(0, 0).UTC()
 
+// ociBlob is a blob to write: its size and how to read it.
+type ociBlob struct {
+	size int64
+	open func() (io.ReadCloser, error)
+}
+
 // WriteOCI writes imgs as an OCI image layout in a tar stream: oci-layout,
 // index.json (one descriptor per tag, or one without annotations for an
 // untagged image) and blobs/sha256/<hex>. Output is deterministic: entries
@@ -93,76 +90,100 @@ var fixedTime = time.Unix(0, 0).UTC()
 // types are written with OCI ones (see asOCI), which changes their manifest
 // digest but not their id.
 func WriteOCI(w io.Writer, imgs []Named) error {
-	type blob struct {
-		size int64
-		open func() (io.ReadCloser, error)
-	}
-	blobs := map[v1.Hash]blob{}
+	blobs := map[v1.Hash]ociBlob{}
 	index := v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex}
 	for _, n := range imgs {
 		img, err := asOCI(n.Image)
 		if err != nil {
 			return fmt.Errorf("oci archive: convert to OCI media types: %w", err)
 		}
-		n.Image = img
-		raw, err := n.Image.RawManifest()
+		desc, err := addImageBlobs(blobs, img)
 		if err != nil {
-			return fmt.Errorf("oci archive: manifest: %w", err)
+			return fmt.Errorf("oci archive: %w", err)
 		}
-		desc, err := partial.Descriptor(n.Image)
+		entries, err := indexEntries(desc, n.Tags)
 		if err != nil {
-			return fmt.Errorf("oci archive: descriptor: %w", err)
+			return fmt.Errorf("oci archive: %w", err)
 		}
-		m, err := n.Image.Manifest()
-		if err != nil {
-			return fmt.Errorf("oci archive: manifest: %w", err)
-		}
-		blobs[desc.Digest] = blob{int64(len(raw)), bytesOpener(raw)}
-		rawCfg, err := n.Image.RawConfigFile()
-		if err != nil {
-			return fmt.Errorf("oci archive: config: %w", err)
-		}
-		blobs[m.Config.Digest] = blob{int64(len(rawCfg)), bytesOpener(rawCfg)}
-		for _, ld := range m.Layers {
-			if _, ok := blobs[ld.Digest]; ok {
-				continue
-			}
-			l, err := n.Image.LayerByDigest(ld.Digest)
-			if err != nil {
-				return fmt.Errorf("oci archive: layer %s: %w", ld.Digest, err)
-			}
-			blobs[ld.Digest] = blob{ld.Size, l.Compressed}
-		}
-		base := v1.Descriptor{MediaType: desc.MediaType, Size: desc.Size, Digest: desc.Digest}
-		if len(n.Tags) == 0 {
-			index.Manifests = append(index.Manifests, base)
-		}
-		for _, t := range n.Tags {
-			tag, err := name.NewTag(t)
-			if err != nil {
-				return fmt.Errorf("oci archive: tag %q: %w", t, err)
-			}
-			d := base
-			d.Annotations = map[string]string{
-				annotationImageName: fullName(tag),
-				annotationRefName:   tag.TagStr(),
-			}
-			index.Manifests = append(index.Manifests, d)
-		}
+		index.Manifests = append(index.Manifests, entries...)
 	}
 	if len(index.Manifests) == 0 {
 		return fmt.Errorf("oci archive: no images")
 	}
+	if err := writeLayoutTar(w, &index, blobs); err != nil {
+		return fmt.Errorf("oci archive: %w", err)
+	}
+	return nil
+}
+
+// addImageBlobs adds img's manifest, config and layers to blobs and
+// returns the manifest's descriptor.
+func addImageBlobs(blobs map[v1.Hash]ociBlob, img v1.Image) (v1.Descriptor, error) {
+	raw, err := img.RawManifest()
+	if err != nil {
+		return v1.Descriptor{}, fmt.Errorf("manifest: %w", err)
+	}
+	desc, err := partial.Descriptor(img)
+	if err != nil {
+		return v1.Descriptor{}, fmt.Errorf("descriptor: %w", err)
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return v1.Descriptor{}, fmt.Errorf("manifest: %w", err)
+	}
+	blobs[desc.Digest] = ociBlob{int64(len(raw)), bytesOpener(raw)}
+	rawCfg, err := img.RawConfigFile()
+	if err != nil {
+		return v1.Descriptor{}, fmt.Errorf("config: %w", err)
+	}
+	blobs[m.Config.Digest] = ociBlob{int64(len(rawCfg)), bytesOpener(rawCfg)}
+	for _, ld := range m.Layers {
+		if _, ok := blobs[ld.Digest]; ok {
+			continue
+		}
+		l, err := img.LayerByDigest(ld.Digest)
+		if err != nil {
+			return v1.Descriptor{}, fmt.Errorf("layer %s: %w", ld.Digest, err)
+		}
+		blobs[ld.Digest] = ociBlob{ld.Size, l.Compressed}
+	}
+	return v1.Descriptor{MediaType: desc.MediaType, Size: desc.Size, Digest: desc.Digest}, nil
+}
+
+// indexEntries are the index descriptors of one image: one per tag, with
+// the full name and the tag as annotations, or one bare descriptor when it
+// has no tag.
+func indexEntries(base v1.Descriptor, tags []string) ([]v1.Descriptor, error) {
+	if len(tags) == 0 {
+		return []v1.Descriptor{base}, nil
+	}
+	var out []v1.Descriptor
+	for _, t := range tags {
+		tag, err := name.NewTag(t)
+		if err != nil {
+			return nil, fmt.Errorf("tag %q: %w", t, err)
+		}
+		d := base
+		d.Annotations = map[string]string{
+			annotationImageName: fullName(tag),
+			AnnotationRefName:   tag.TagStr(),
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// writeLayoutTar writes the layout in lexical order: blobs/,
+// blobs/sha256/, blobs/sha256/<hex>…, index.json, oci-layout.
+func writeLayoutTar(w io.Writer, index *v1.IndexManifest, blobs map[v1.Hash]ociBlob) error {
 	indexJSON, err := json.Marshal(index)
 	if err != nil {
-		return fmt.Errorf("oci archive: index: %w", err)
+		return fmt.Errorf("index: %w", err)
 	}
-
 	tw := tar.NewWriter(w)
-	// Lexical order: blobs/, blobs/sha256/, blobs/sha256/<hex>…, index.json, oci-layout.
 	for _, dir := range []string{"blobs/", "blobs/sha256/"} {
 		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: dir, Mode: 0o755, ModTime: fixedTime, Format: tar.FormatPAX}); err != nil {
-			return fmt.Errorf("oci archive: %w", err)
+			return err
 		}
 	}
 	digests := make([]v1.Hash, 0, len(blobs))
@@ -172,26 +193,22 @@ func WriteOCI(w io.Writer, imgs []Named) error {
 	sort.Slice(digests, func(i, j int) bool { return digests[i].String() < digests[j].String() })
 	for _, d := range digests {
 		if d.Algorithm != "sha256" {
-			return fmt.Errorf("oci archive: blob %s: only sha256 is supported", d)
+			return fmt.Errorf("blob %s: only sha256 is supported", d)
 		}
 		b := blobs[d]
-		if err := writeBlob(tw, "blobs/sha256/"+d.Hex, d, b.size, b.open); err != nil {
-			return fmt.Errorf("oci archive: %w", err)
+		if err := writeBlob(tw, blobName(d), d, b.size, b.open); err != nil {
+			return err
 		}
 	}
-	layoutJSON := []byte(`{"imageLayoutVersion":"1.0.0"}`)
 	for _, f := range []struct {
 		name string
 		data []byte
-	}{{"index.json", indexJSON}, {"oci-layout", layoutJSON}} {
+	}{{indexFile, indexJSON}, {layoutFile, []byte(layoutJSON)}} {
 		if err := writeFile(tw, f.name, f.data); err != nil {
-			return fmt.Errorf("oci archive: %w", err)
+			return err
 		}
 	}
-	if err := tw.Close(); err != nil {
-		return fmt.Errorf("oci archive: %w", err)
-	}
-	return nil
+	return tw.Close()
 }
 
 // fullName is docker's normalized name ("docker.io/library/myapp:1.1").
@@ -201,10 +218,6 @@ func fullName(t name.Tag) string {
 		reg = "docker.io"
 	}
 	return reg + "/" + t.RepositoryStr() + ":" + t.TagStr()
-}
-
-func bytesOpener(b []byte) func() (io.ReadCloser, error) {
-	return func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
 }
 
 func writeFile(tw *tar.Writer, name string, data []byte) error {
@@ -237,10 +250,7 @@ func writeBlob(tw *tar.Writer, path string, d v1.Hash, size int64, open func() (
 	if n != size {
 		return fmt.Errorf("blob %s: %d bytes, descriptor says %d", d, n, size)
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != d.Hex {
-		return fmt.Errorf("blob %s: content has digest sha256:%s", d, got)
-	}
-	return nil
+	return checkDigest(d, v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))})
 }
 
 // cleanName strips "./" and "/" so tar entry names compare as layout paths.

@@ -210,7 +210,7 @@ func TestOCIRoundTrip(t *testing.T) {
 	if idx.Manifests[2].Digest != digestOf(t, b) {
 		t.Errorf("an OCI image changed digest: %s, want %s", idx.Manifests[2].Digest, digestOf(t, b))
 	}
-	if got := idx.Manifests[0].Annotations; got[annotationRefName] != "1.1" || got[annotationImageName] != "docker.io/library/myapp:1.1" {
+	if got := idx.Manifests[0].Annotations; got[AnnotationRefName] != "1.1" || got[annotationImageName] != "docker.io/library/myapp:1.1" {
 		t.Errorf("annotations %v", got)
 	}
 }

@@ -11,7 +11,6 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -30,20 +29,10 @@ func Read(path string) ([]Named, error) {
 		return nil, fmt.Errorf("read archive: %w", err)
 	}
 	if fi.IsDir() {
-		if _, err := os.Stat(filepath.Join(path, "oci-layout")); err != nil {
+		if _, err := os.Stat(filepath.Join(path, layoutFile)); err != nil {
 			return nil, fmt.Errorf("read archive %s: a directory must be an OCI image layout (no oci-layout file)", path)
 		}
-		lp, err := layout.FromPath(path)
-		if err != nil {
-			return nil, fmt.Errorf("read archive %s: %w", path, err)
-		}
-		blob := func(h v1.Hash) (io.ReadCloser, error) {
-			if h == (v1.Hash{}) {
-				return os.Open(filepath.Join(path, "index.json"))
-			}
-			return lp.Blob(h)
-		}
-		imgs, err := readOCI(blob)
+		imgs, err := readOCI(LayoutAt(path).open)
 		if err != nil {
 			return nil, fmt.Errorf("read archive %s: %w", path, err)
 		}
@@ -55,8 +44,8 @@ func Read(path string) ([]Named, error) {
 	}
 	var imgs []Named
 	switch {
-	case entries["oci-layout"] != nil && entries["index.json"] != nil:
-		imgs, err = readOCI(tarBlobs(path, entries))
+	case entries[layoutFile] != nil && entries[indexFile] != nil:
+		imgs, err = readOCI(tarFiles(path, entries))
 	case entries["manifest.json"] != nil:
 		imgs, err = readDocker(path)
 	default:
@@ -111,13 +100,9 @@ func scanTar(path string) (map[string]*tarEntry, error) {
 	return entries, nil
 }
 
-// tarBlobs opens OCI layout blobs inside the tar at path.
-func tarBlobs(path string, entries map[string]*tarEntry) func(v1.Hash) (io.ReadCloser, error) {
-	return func(h v1.Hash) (io.ReadCloser, error) {
-		name := "index.json"
-		if h != (v1.Hash{}) {
-			name = "blobs/" + h.Algorithm + "/" + h.Hex
-		}
+// tarFiles opens the files of an OCI layout inside the tar at path.
+func tarFiles(path string, entries map[string]*tarEntry) layoutFiles {
+	return func(name string) (io.ReadCloser, error) {
 		e := entries[name]
 		if e == nil {
 			return nil, fmt.Errorf("%s: not in the archive", name)
@@ -133,9 +118,9 @@ func tarBlobs(path string, entries map[string]*tarEntry) func(v1.Hash) (io.ReadC
 	}
 }
 
-// readOCI walks an OCI layout's index through blob (the zero hash opens
-// index.json).
-func readOCI(blob func(v1.Hash) (io.ReadCloser, error)) ([]Named, error) {
+// readOCI walks an OCI layout's index.
+func readOCI(open layoutFiles) ([]Named, error) {
+	blob := func(h v1.Hash) (io.ReadCloser, error) { return open(blobName(h)) }
 	readAll := func(h v1.Hash) ([]byte, error) {
 		rc, err := blob(h)
 		if err != nil {
@@ -144,13 +129,9 @@ func readOCI(blob func(v1.Hash) (io.ReadCloser, error)) ([]Named, error) {
 		defer rc.Close()
 		return io.ReadAll(rc)
 	}
-	raw, err := readAll(v1.Hash{})
+	idx, err := parseIndex(open)
 	if err != nil {
-		return nil, fmt.Errorf("index.json: %w", err)
-	}
-	idx, err := v1.ParseIndexManifest(bytes.NewReader(raw))
-	if err != nil {
-		return nil, fmt.Errorf("index.json: %w", err)
+		return nil, err
 	}
 	var out []Named
 	pos := map[v1.Hash]int{} // one Named per image, several tags
@@ -194,7 +175,7 @@ func readOCI(blob func(v1.Hash) (io.ReadCloser, error)) ([]Named, error) {
 		}
 		if t := d.Annotations[annotationImageName]; t != "" {
 			out[i].Tags = append(out[i].Tags, t)
-		} else if t := d.Annotations[annotationRefName]; t != "" {
+		} else if t := d.Annotations[AnnotationRefName]; t != "" {
 			out[i].Tags = append(out[i].Tags, t)
 		}
 	}

@@ -7,22 +7,18 @@
 package buildctx
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/moby/patternmatcher"
@@ -143,7 +139,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Context, error) {
 		loaded = make(chan []cacheEntry, 1)
 		go func() { loaded <- loadCache(c.statePath) }()
 	}
-	w := walker{c: c, ctx: ctx}
+	w := walker{c: c}
 	if len(patterns) > 0 {
 		pm, err := patternmatcher.New(patterns)
 		if err != nil {
@@ -158,7 +154,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Context, error) {
 			}
 		}
 	}
-	if c.tree, err = w.walk(root); err != nil {
+	if c.tree, err = w.walk(ctx, root); err != nil {
 		if loaded != nil {
 			<-loaded
 		}
@@ -192,289 +188,6 @@ func readIgnore(root string) ([]string, error) {
 func trimTrailingGlob(p string) string {
 	p = strings.TrimSuffix(p, string(filepath.Separator)+"**")
 	return strings.TrimSuffix(p, string(filepath.Separator)+"*")
-}
-
-type walker struct {
-	c                    *Context
-	ctx                  context.Context
-	pm                   *patternmatcher.PatternMatcher
-	pmMu                 sync.Mutex // patternmatcher compiles lazily: not safe concurrently
-	onlyPrefixExceptions bool
-
-	bufs  sync.Pool     // getdents buffers
-	sem   chan struct{} // bounds the extra goroutines listing directories
-	wg    sync.WaitGroup
-	count atomic.Int64 // entries listed, to size the result once
-	mu    sync.Mutex   // guards err
-	err   error
-}
-
-// node is one listed directory: its entries sorted by name, each with the
-// node of its own listing when it is a directory that was descended into.
-// Nodes are filled concurrently and joined in order once the walk is done,
-// so the result comes out in tree order without a sort of the whole.
-type node struct {
-	ents []nodeEnt
-}
-
-type nodeEnt struct {
-	f        *File
-	excluded bool  // an excluded directory, kept only if something below is
-	sub      *node // its listing; nil for a directory not descended into
-}
-
-// walk lists the tree under root in parallel (a stat is a syscall each;
-// spreading them over the cores is most of a warm build's context cost)
-// and returns the entries in tree order.
-func (w *walker) walk(root string) ([]*File, error) {
-	w.sem = make(chan struct{}, max(2*runtime.GOMAXPROCS(0), 2))
-	top := &node{}
-	w.walkDir(root, "", patternmatcher.MatchInfo{}, top)
-	w.wg.Wait()
-	if w.err != nil {
-		return nil, w.err
-	}
-	return top.appendTo(make([]*File, 0, w.count.Load())), nil
-}
-
-// appendTo appends n's entries and their subtrees depth first. An excluded
-// directory is emitted only when something beneath it is (as BuildKit's
-// fsutil does), so an exception never produces an orphan.
-func (n *node) appendTo(out []*File) []*File {
-	for _, e := range n.ents {
-		mark := len(out)
-		out = append(out, e.f)
-		if e.sub != nil {
-			out = e.sub.appendTo(out)
-		}
-		if e.excluded && len(out) == mark+1 {
-			out = out[:mark]
-		}
-	}
-	return out
-}
-
-func (w *walker) fail(err error) {
-	w.mu.Lock()
-	if w.err == nil {
-		w.err = err
-	}
-	w.mu.Unlock()
-}
-
-func (w *walker) failed() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.err != nil
-}
-
-// walkDir lists one directory into n and descends into its subdirectories,
-// on another goroutine while the bound allows.
-func (w *walker) walkDir(abs, rel string, info patternmatcher.MatchInfo, n *node) {
-	if err := w.ctx.Err(); err != nil {
-		w.fail(err)
-		return
-	}
-	if w.failed() {
-		return
-	}
-	type sub struct {
-		abs, rel string
-		info     patternmatcher.MatchInfo
-		n        *node
-	}
-	var subs []sub
-	err := func() error {
-		// O_NOFOLLOW: a directory swapped for a symlink since its stat is
-		// an error, never a walk outside the context.
-		fd, err := unix.Open(abs, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
-		if err != nil {
-			return &fs.PathError{Op: "open", Path: abs, Err: err}
-		}
-		defer unix.Close(fd)
-		dbuf, _ := w.bufs.Get().(*[]byte)
-		if dbuf == nil {
-			b := make([]byte, 32<<10)
-			dbuf = &b
-		}
-		names, err := readNames(fd, *dbuf)
-		w.bufs.Put(dbuf)
-		if err != nil {
-			return &fs.PathError{Op: "readdirent", Path: abs, Err: err}
-		}
-		slices.Sort(names)
-		// one allocation for every path of the directory, one for its files
-		// and one for their digest states
-		size := 0
-		for _, name := range names {
-			size += len(rel) + 1 + len(name)
-		}
-		buf := make([]byte, 0, size)
-		ends := make([]int, len(names))
-		for i, name := range names {
-			if rel != "" {
-				buf = append(buf, rel...)
-				buf = append(buf, '/')
-			}
-			buf = append(buf, name...)
-			ends[i] = len(buf)
-		}
-		all := string(buf)
-		files := make([]File, len(names))
-		states := make([]digestState, len(names))
-		n.ents = make([]nodeEnt, 0, len(names))
-		start := 0
-		for i, name := range names {
-			p := all[start:ends[i]]
-			start = ends[i]
-			f := &files[i]
-			var st unix.Stat_t
-			if err := fstatat(fd, name, &st); err != nil {
-				if errors.Is(err, unix.ENOENT) {
-					continue // vanished during the walk
-				}
-				return fmt.Errorf("lstat %s: %w", p, err)
-			}
-			isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
-			var minfo patternmatcher.MatchInfo
-			excluded := false
-			if w.pm != nil {
-				w.pmMu.Lock()
-				m, mi, err := w.pm.MatchesUsingParentResults(p, info)
-				w.pmMu.Unlock()
-				if err != nil {
-					return fmt.Errorf("match .dockerignore for %s: %w", p, err)
-				}
-				minfo, excluded = mi, m
-			}
-			if excluded {
-				if !isDir {
-					continue
-				}
-				if w.onlyPrefixExceptions {
-					if !w.exceptionUnder(p) {
-						continue // nothing inside can be re-included
-					}
-					// an exception names a path inside: keep the dir itself
-					excluded = false
-				}
-			}
-			var link string
-			if st.Mode&unix.S_IFMT == unix.S_IFLNK {
-				if link, err = readlinkat(fd, name); err != nil {
-					return fmt.Errorf("readlink %s: %w", p, err)
-				}
-			}
-			fillFromStat(f, p, &st, link)
-			if f.Mode.IsRegular() {
-				f.state = &states[i]
-			}
-			ent := nodeEnt{f: f, excluded: excluded}
-			if isDir {
-				ent.sub = &node{}
-				subs = append(subs, sub{abs: abs + "/" + name, rel: p, info: minfo, n: ent.sub})
-			}
-			n.ents = append(n.ents, ent)
-		}
-		w.count.Add(int64(len(n.ents)))
-		return nil
-	}()
-	if err != nil {
-		w.fail(err)
-		return
-	}
-	for _, s := range subs {
-		select {
-		case w.sem <- struct{}{}:
-			w.wg.Add(1)
-			go func() {
-				defer w.wg.Done()
-				defer func() { <-w.sem }()
-				w.walkDir(s.abs, s.rel, s.info, s.n)
-			}()
-		default:
-			w.walkDir(s.abs, s.rel, s.info, s.n)
-		}
-	}
-}
-
-// readNames lists a directory with getdents64, skipping "." and "..".
-// The names share one string in which each is followed by a NUL, so
-// fstatat can pass them to the kernel without a copy.
-func readNames(fd int, buf []byte) ([]string, error) {
-	if buf == nil {
-		buf = make([]byte, 32<<10)
-	}
-	var arena []byte
-	var ends []int
-	for {
-		n, err := unix.Getdents(fd, buf)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if n <= 0 {
-			break
-		}
-		for off := 0; off < n; {
-			// struct linux_dirent64: ino u64, off i64, reclen u16, type u8, name
-			if off+19 > n {
-				return nil, errors.New("malformed directory entry")
-			}
-			reclen := int(binary.NativeEndian.Uint16(buf[off+16:]))
-			if reclen < 19 || off+reclen > n {
-				return nil, errors.New("malformed directory entry")
-			}
-			name := buf[off+19 : off+reclen]
-			if i := bytes.IndexByte(name, 0); i >= 0 {
-				name = name[:i]
-			}
-			off += reclen
-			if len(name) == 0 || (name[0] == '.' && (len(name) == 1 || (len(name) == 2 && name[1] == '.'))) {
-				continue
-			}
-			arena = append(arena, name...)
-			ends = append(ends, len(arena))
-			arena = append(arena, 0)
-		}
-	}
-	all := string(arena)
-	names := make([]string, len(ends))
-	start := 0
-	for i, end := range ends {
-		names[i] = all[start:end]
-		start = end + 1
-	}
-	return names, nil
-}
-
-// exceptionUnder reports whether some "!" pattern names a path inside dir.
-func (w *walker) exceptionUnder(dir string) bool {
-	if !w.pm.Exclusions() {
-		return false
-	}
-	prefix := dir + "/"
-	for _, p := range w.pm.Patterns() {
-		if p.Exclusion() && strings.HasPrefix(filepath.ToSlash(p.String())+"/", prefix) {
-			return true
-		}
-	}
-	return false
-}
-
-func readlinkat(fd int, name string) (string, error) {
-	for size := 256; ; size *= 2 {
-		buf := make([]byte, size)
-		n, err := unix.Readlinkat(fd, name, buf)
-		if err != nil {
-			return "", err
-		}
-		if n < size {
-			return string(buf[:n]), nil
-		}
-	}
 }
 
 func fileFromStat(p string, st *unix.Stat_t, link string) *File {

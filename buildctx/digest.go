@@ -12,10 +12,10 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 )
 
@@ -169,39 +169,30 @@ func (c *Context) DigestAll(ctx context.Context, files []*File) error {
 		return nil
 	}
 	workers := min(max(2*runtime.GOMAXPROCS(0), 2), 16, len(misses))
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	g, gctx := errgroup.WithContext(ctx)
 	work := make(chan *File)
-	errs := make(chan error, workers)
-	var wg sync.WaitGroup
 	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		g.Go(func() error {
 			buf := make([]byte, 64<<10)
 			for f := range work {
 				if _, err := c.compute(f, buf); err != nil {
-					errs <- err
-					cancel()
-					return
+					return err
 				}
 			}
-		}()
+			return nil
+		})
 	}
 feed:
 	for _, f := range misses {
 		select {
 		case work <- f:
-		case <-ctx.Done():
+		case <-gctx.Done():
 			break feed
 		}
 	}
 	close(work)
-	wg.Wait()
-	select {
-	case err := <-errs:
+	if err := g.Wait(); err != nil {
 		return err
-	default:
 	}
 	return ctx.Err()
 }

@@ -2,9 +2,6 @@ package copier
 
 import (
 	"archive/tar"
-	"bufio"
-	"bytes"
-	"compress/bzip2"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -13,14 +10,12 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path"
 	"strings"
 	"time"
 
-	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
 	"github.com/minibuild/minibuild/buildctx"
+	"github.com/minibuild/minibuild/internal/compression"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -29,68 +24,13 @@ type archiveSrc struct {
 	file *buildctx.File
 }
 
-var (
-	magicGzip  = []byte{0x1f, 0x8b}
-	magicBzip2 = []byte("BZh")
-	magicXz    = []byte{0xfd, '7', 'z', 'X', 'Z', 0x00}
-	magicZstd  = []byte{0x28, 0xb5, 0x2f, 0xfd}
-)
-
-// decompress detects the compression by content (never by name) and
-// returns the decompressed stream. xz goes through the xz binary, as
-// docker's own archive package does.
-func decompress(ctx context.Context, r io.Reader) (io.ReadCloser, error) {
-	br := bufio.NewReaderSize(r, 64<<10)
-	head, _ := br.Peek(8)
-	switch {
-	case bytes.HasPrefix(head, magicGzip):
-		return gzip.NewReader(br)
-	case bytes.HasPrefix(head, magicBzip2):
-		return io.NopCloser(bzip2.NewReader(br)), nil
-	case bytes.HasPrefix(head, magicZstd):
-		d, err := zstd.NewReader(br)
-		if err != nil {
-			return nil, err
-		}
-		return d.IOReadCloser(), nil
-	case bytes.HasPrefix(head, magicXz):
-		return xzReader(ctx, br)
-	}
-	return io.NopCloser(br), nil
-}
-
-type cmdReader struct {
-	io.ReadCloser
-	cmd *exec.Cmd
-}
-
-func (c *cmdReader) Close() error {
-	c.ReadCloser.Close()
-	c.cmd.Process.Kill()
-	c.cmd.Wait()
-	return nil
-}
-
-func xzReader(ctx context.Context, r io.Reader) (io.ReadCloser, error) {
-	cmd := exec.CommandContext(ctx, "xz", "-d", "-c", "-q")
-	cmd.Stdin = r
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("xz archive needs the xz program: %w", err)
-	}
-	return &cmdReader{ReadCloser: out, cmd: cmd}, nil
-}
-
 // openTar opens a context file as a tar stream.
 func (p *Planned) openTar(ctx context.Context, f *buildctx.File) (*tar.Reader, func(), error) {
 	fh, err := p.c.Open(f)
 	if err != nil {
 		return nil, nil, err
 	}
-	rc, err := decompress(ctx, fh)
+	rc, err := compression.Decompress(ctx, fh, compression.Any)
 	if err != nil {
 		fh.Close()
 		return nil, nil, err

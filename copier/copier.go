@@ -7,9 +7,6 @@ package copier
 import (
 	"archive/tar"
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -17,11 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path"
-	"slices"
-	"strconv"
 	"strings"
-	"time"
-	"unicode/utf8"
 
 	"github.com/minibuild/minibuild/buildctx"
 	"github.com/minibuild/minibuild/layer"
@@ -30,9 +23,6 @@ import (
 
 // ErrNotFound is wrapped by the error for a source that matches nothing.
 var ErrNotFound = errors.New("not found")
-
-// keyVersion versions the Key encoding: changing it invalidates every key.
-const keyVersion = "minibuild/copier/v1"
 
 // Owner is a resolved --chown.
 type Owner struct{ UID, GID int }
@@ -61,37 +51,6 @@ type Request struct {
 	// KeepOwner keeps the sources' uid/gid when Chown is nil: COPY --from
 	// a stage or image keeps ownership, a context COPY does not.
 	KeepOwner bool
-}
-
-type srcKind int
-
-const (
-	srcNone    srcKind = iota // directories, symlinks, links: no body
-	srcContext                // a context file
-	srcData                   // heredoc bytes
-	srcTemp                   // a downloaded file
-	srcArchive                // a member of a local tar archive (ADD)
-)
-
-// entry is one tar entry as it will land.
-type entry struct {
-	path     string // relative to /, no leading slash
-	typ      byte
-	mode     int64
-	uid, gid int
-	size     int64
-	sum      digest.Digest     // content digest, but for context files
-	raw      [sha256.Size]byte // a context file's sha256
-	link     string
-	mtime    time.Time
-
-	kind    srcKind
-	file    *buildctx.File
-	data    []byte
-	temp    *os.File
-	arch    *archiveSrc
-	member  string // path inside the archive, as planned
-	created bool   // a parent directory COPY creates
 }
 
 // Planned is a resolved COPY/ADD. (The contract's "*copier.Plan": a Go
@@ -148,24 +107,73 @@ func (p *Planned) plan(ctx context.Context, req Request) error {
 	if len(req.Sources)+len(req.Heredocs) == 0 {
 		return errors.New("copy: no source")
 	}
+	dest, destIsDir := destination(req)
+	items, anyDir, err := p.items(ctx, req)
+	if err != nil {
+		return err
+	}
+	stat := newStatter(req.DestInfo)
+	if destIsDir = destIsDir || anyDir; !destIsDir {
+		fi, err := stat.info(dest)
+		if err != nil {
+			return err
+		}
+		destIsDir = fi != nil && fi.IsDir()
+	}
+	list, err := p.expand(ctx, req, items, dest, destIsDir)
+	if err != nil {
+		return err
+	}
+	entries := sortEntries(list)
+	if err := linkHardLinks(entries); err != nil {
+		return err
+	}
+	owner := Owner{}
+	if req.Chown != nil {
+		owner = *req.Chown
+	}
+	pm := &parentMaker{entries: entries, stat: stat, dest: dest, owner: owner, isCreated: map[string]bool{}}
+	if err := pm.run(destIsDir); err != nil {
+		return err
+	}
+	if len(pm.created) > 0 {
+		entries = mergeEntries(entries, sortEntries(pm.created))
+	}
+	p.entries = entries
+	if err := p.digestContext(ctx); err != nil {
+		return fmt.Errorf("failed to compute cache key: %w", err)
+	}
+	p.key = computeKey(entries)
+	return nil
+}
+
+// destination is the absolute, cleaned destination and whether the
+// request alone makes it a directory (a trailing slash, several sources,
+// the root).
+func destination(req Request) (dest string, isDir bool) {
 	workdir := req.Workdir
 	if workdir == "" {
 		workdir = "/"
 	}
-	dest := req.Dest
+	dest = req.Dest
 	if !path.IsAbs(dest) {
 		dest = path.Join("/", workdir, dest)
 	}
 	dest = path.Clean(dest)
-	destIsDir := strings.HasSuffix(req.Dest, "/") || req.Dest == "." || strings.HasSuffix(req.Dest, "/.") ||
+	isDir = strings.HasSuffix(req.Dest, "/") || req.Dest == "." || strings.HasSuffix(req.Dest, "/.") ||
 		len(req.Sources)+len(req.Heredocs) > 1 || dest == "/"
+	return dest, isDir
+}
 
-	var items []item
+// items resolves the sources (URLs, context paths and globs, heredocs) in
+// order. dirDest reports a source that makes the destination a
+// directory: a glob, a directory, or an archive ADD extracts.
+func (p *Planned) items(ctx context.Context, req Request) (items []item, dirDest bool, err error) {
 	hasHTTP := false
 	for _, src := range req.Sources {
 		if isURL(src) {
 			if !req.Add {
-				return fmt.Errorf("source can't be a URL for COPY: %s", src)
+				return nil, false, fmt.Errorf("source can't be a URL for COPY: %s", src)
 			}
 			hasHTTP = true
 			items = append(items, item{url: src})
@@ -173,44 +181,37 @@ func (p *Planned) plan(ctx context.Context, req Request) error {
 		}
 		got, glob, err := p.resolve(src)
 		if err != nil {
-			return err
+			return nil, false, err
 		}
-		if glob {
-			destIsDir = true
-		}
+		dirDest = dirDest || glob
 		for _, it := range got {
 			if it.dir != "" || it.file.Mode.IsDir() {
-				destIsDir = true
+				dirDest = true
 			} else if req.Add && it.file.Mode.IsRegular() {
 				isArch, err := p.isArchive(ctx, it.file)
 				if err != nil {
-					return err
+					return nil, false, err
 				}
 				if isArch {
-					it.arch = true
-					destIsDir = true
+					it.arch, dirDest = true, true
 				}
 			}
 			items = append(items, it)
 		}
 	}
 	if req.Checksum != "" && (!hasHTTP || len(req.Sources) != 1) {
-		return errors.New("checksum can't be specified for non-HTTP(S) sources")
+		return nil, false, errors.New("checksum can't be specified for non-HTTP(S) sources")
 	}
 	for i := range req.Heredocs {
 		items = append(items, item{name: req.Heredocs[i].Name, doc: &req.Heredocs[i]})
 	}
-	stat := newStatter(req.DestInfo)
-	if !destIsDir {
-		fi, err := stat.info(dest)
-		if err != nil {
-			return err
-		}
-		destIsDir = fi != nil && fi.IsDir()
-	}
+	return items, dirDest, nil
+}
 
-	// entries in the order the sources give them; a later one with the
-	// same path replaces an earlier one
+// expand lists the entries of every item in the order the sources give
+// them; a later one with the same path replaces an earlier one when they
+// are sorted.
+func (p *Planned) expand(ctx context.Context, req Request, items []item, dest string, destIsDir bool) ([]*entry, error) {
 	var list []*entry
 	put := func(e *entry) {
 		if e.path != "" { // never the image root itself
@@ -228,22 +229,15 @@ func (p *Planned) plan(ctx context.Context, req Request) error {
 		case it.url != "":
 			e, err := p.download(ctx, req, it.url, dest, destIsDir)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			put(e)
 		case it.doc != nil:
-			mode := int64(0o644)
-			if it.doc.Chmod != nil {
-				mode = tarMode(*it.doc.Chmod)
-			} else if req.Chmod != nil {
-				mode = tarMode(*req.Chmod)
-			}
-			put(&entry{path: target(it.doc.Name), typ: tar.TypeReg, mode: mode, size: int64(len(it.doc.Data)),
-				sum: digest.FromString(it.doc.Data), kind: srcData, data: []byte(it.doc.Data), mtime: time.Unix(0, 0)})
+			put(heredocEntry(it.doc, target(it.doc.Name), req.Chmod))
 		case it.arch:
 			es, err := p.planArchive(ctx, it.file, dest, req.Chown)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			for _, e := range es {
 				put(e)
@@ -253,8 +247,7 @@ func (p *Planned) plan(ctx context.Context, req Request) error {
 			// paths only gain a common prefix
 			files := p.c.Under(it.dir)
 			slab := make([]entry, len(files))
-			skip := len(prefixOf(it.dir))
-			dsts := destPaths(files, skip, strings.TrimPrefix(dest, "/"))
+			dsts := destPaths(files, len(prefixOf(it.dir)), strings.TrimPrefix(dest, "/"))
 			for i, f := range files {
 				if e := &slab[i]; contextEntry(e, f, dsts[i], req) {
 					put(e)
@@ -267,314 +260,31 @@ func (p *Planned) plan(ctx context.Context, req Request) error {
 			}
 		}
 	}
-	entries := sortEntries(list)
-	if err := linkHardLinks(entries); err != nil {
-		return err
-	}
+	return list, nil
+}
 
-	// parents (and a directory destination) that the image lacks
-	owner := Owner{}
-	if req.Chown != nil {
-		owner = *req.Chown
-	}
-	var created []*entry
-	isCreated := map[string]bool{}
-	need := func(dir string) error {
-		if dir == "" || isCreated[dir] {
-			return nil
-		}
-		if _, ok := slices.BinarySearchFunc(entries, dir, func(e *entry, t string) int { return comparePaths(e.path, t) }); ok {
-			return nil
-		}
-		fi, err := stat.info("/" + dir)
-		if err != nil {
-			return err
-		}
-		if fi != nil {
-			if !fi.IsDir() {
-				return fmt.Errorf("cannot copy to %s: /%s is not a directory", dest, dir)
-			}
-			return nil
-		}
-		created = append(created, &entry{path: dir, typ: tar.TypeDir, mode: 0o755, uid: owner.UID, gid: owner.GID, mtime: time.Unix(0, 0), created: true})
-		isCreated[dir] = true
-		return nil
-	}
-	needAncestors := func(p string) error {
-		for i := 0; i < len(p); i++ {
-			if p[i] == '/' {
-				if err := need(p[:i]); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	}
-	if destIsDir {
-		if d := rel(dest); d != "" {
-			if err := needAncestors(d); err != nil {
-				return err
-			}
-			if err := need(d); err != nil {
-				return err
-			}
-		}
-	}
-	lastParent := "\x00" // no path has it: the first entry is always checked
-	for _, e := range entries {
-		// entries sharing a parent share every ancestor: check them once
-		parent := e.path[:max(strings.LastIndexByte(e.path, '/'), 0)]
-		if parent == lastParent {
-			continue
-		}
-		lastParent = parent
-		if err := needAncestors(e.path); err != nil {
-			return err
-		}
-	}
-	if len(created) > 0 {
-		entries = mergeEntries(entries, sortEntries(created))
-	}
-	p.entries = entries
-
+// digestContext takes the content sha256 of every context file the plan
+// copies (the stat cache answers for unchanged ones).
+func (p *Planned) digestContext(ctx context.Context) error {
 	var files []*buildctx.File
-	for _, e := range entries {
+	for _, e := range p.entries {
 		if e.kind == srcContext {
 			files = append(files, e.file)
 		}
 	}
 	if err := p.c.DigestAll(ctx, files); err != nil {
-		return fmt.Errorf("failed to compute cache key: %w", err)
+		return err
 	}
-	for _, e := range entries {
+	for _, e := range p.entries {
 		if e.kind == srcContext {
 			sum, err := p.c.Sum(e.file)
 			if err != nil {
-				return fmt.Errorf("failed to compute cache key: %w", err)
+				return err
 			}
 			e.raw = sum
 		}
 	}
-	p.key = computeKey(entries)
 	return nil
-}
-
-// sortEntries orders entries by path component by component, so a
-// directory always precedes its children ("a/b" before "a-c" is not
-// required, but "a" before "a/b" is), and drops all but the last of
-// entries with the same path. Entries from one directory source come in
-// that order already, so the common case is one pass that checks it.
-func sortEntries(es []*entry) []*entry {
-	cmp := func(a, b *entry) int { return comparePaths(a.path, b.path) }
-	if !slices.IsSortedFunc(es, cmp) {
-		slices.SortStableFunc(es, cmp)
-	}
-	out := es[:0]
-	for i, e := range es {
-		if i+1 < len(es) && es[i+1].path == e.path {
-			continue // replaced by a later source
-		}
-		out = append(out, e)
-	}
-	return out
-}
-
-// mergeEntries merges two sorted lists with no path in common.
-func mergeEntries(a, b []*entry) []*entry {
-	out := make([]*entry, 0, len(a)+len(b))
-	for len(a) > 0 && len(b) > 0 {
-		if comparePaths(a[0].path, b[0].path) < 0 {
-			out, a = append(out, a[0]), a[1:]
-		} else {
-			out, b = append(out, b[0]), b[1:]
-		}
-	}
-	out = append(out, a...)
-	return append(out, b...)
-}
-
-// comparePaths compares slash paths with "/" sorting before every other
-// byte, which keeps each directory's subtree contiguous after it.
-func comparePaths(a, b string) int { return buildctx.ComparePaths(a, b) }
-
-// linkHardLinks turns every group of entries sharing one content identity
-// (a context inode, or an archive's hard-link target) into one regular file
-// — the first in order — and hard links to it.
-func linkHardLinks(es []*entry) error {
-	var byPath map[string]*entry // for archive hard links only
-	type ident struct {
-		dev, ino uint64
-		arch     *archiveSrc
-		member   string
-	}
-	first := map[ident]*entry{}
-	for _, e := range es {
-		var id ident
-		switch {
-		case e.kind == srcContext && e.typ == tar.TypeReg && e.file.Nlink > 1:
-			id = ident{dev: e.file.Dev, ino: e.file.Ino}
-		case e.kind == srcArchive && e.typ == tar.TypeReg:
-			id = ident{arch: e.arch, member: e.member}
-		case e.typ == tar.TypeLink && e.arch != nil:
-			if byPath == nil {
-				byPath = make(map[string]*entry, len(es))
-				for _, e := range es {
-					byPath[e.path] = e
-				}
-			}
-			t := byPath[e.link]
-			for n := 0; t != nil && t.typ == tar.TypeLink && n < 64; n++ {
-				t = byPath[t.link]
-			}
-			if t == nil || t.kind != srcArchive || t.typ != tar.TypeReg {
-				return fmt.Errorf("archive hard link /%s: target /%s is not a file extracted with it", e.path, e.link)
-			}
-			id = ident{arch: t.arch, member: t.member}
-			if first[id] == nil {
-				// the link sorts before its target: it carries the content
-				e.typ, e.kind, e.member, e.size, e.sum, e.link = tar.TypeReg, srcArchive, t.member, t.size, t.sum, ""
-				e.mode, e.uid, e.gid, e.mtime = t.mode, t.uid, t.gid, t.mtime // the inode's metadata
-			}
-		default:
-			continue
-		}
-		if f := first[id]; f != nil {
-			e.typ, e.link, e.kind, e.size, e.sum = tar.TypeLink, f.path, srcNone, 0, ""
-			continue
-		}
-		first[id] = e
-	}
-	return nil
-}
-
-// destPaths maps each file's path, less its first skip bytes, under base
-// ("" = the root), building every result in one string.
-func destPaths(files []*buildctx.File, skip int, base string) []string {
-	out := make([]string, len(files))
-	if base == "" {
-		for i, f := range files {
-			out[i] = f.Path[skip:]
-		}
-		return out
-	}
-	size := 0
-	for _, f := range files {
-		size += len(base) + 1 + len(f.Path) - skip
-	}
-	buf := make([]byte, 0, size)
-	ends := make([]int, len(files))
-	for i, f := range files {
-		buf = append(buf, base...)
-		buf = append(buf, '/')
-		buf = append(buf, f.Path[skip:]...)
-		ends[i] = len(buf)
-	}
-	all := string(buf)
-	start := 0
-	for i, end := range ends {
-		out[i], start = all[start:end], end
-	}
-	return out
-}
-
-// contextEntry fills e, which must be zero, with how a context file lands
-// at dst: owner is the --chown owner, the file's own with KeepOwner, else
-// root (context ownership is not kept, as docker). It reports false for
-// what is not copied: sockets, fifos, devices. (Fields are set one by one:
-// a whole-struct store costs write barriers while the GC runs.)
-func contextEntry(e *entry, f *buildctx.File, dst string, req Request) bool {
-	e.path, e.mode, e.mtime, e.file = dst, tarMode(f.Mode), f.ModTime, f
-	switch {
-	case req.Chown != nil:
-		e.uid, e.gid = req.Chown.UID, req.Chown.GID
-	case req.KeepOwner:
-		e.uid, e.gid = f.UID, f.GID
-	}
-	switch {
-	case f.Mode.IsRegular():
-		e.typ, e.size, e.kind = tar.TypeReg, f.Size, srcContext
-	case f.Mode.IsDir():
-		e.typ = tar.TypeDir
-	case f.Mode&fs.ModeSymlink != 0:
-		e.typ, e.link, e.mode = tar.TypeSymlink, f.Link, 0o777
-		return true
-	default:
-		return false
-	}
-	if req.Chmod != nil {
-		e.mode = tarMode(*req.Chmod)
-	}
-	return true
-}
-
-// tarMode converts permission and special bits; a raw octal (0o4755 given
-// as a plain number) is honoured too.
-func tarMode(m fs.FileMode) int64 {
-	v := int64(m & 0o7777)
-	if m&fs.ModeSetuid != 0 {
-		v |= 0o4000
-	}
-	if m&fs.ModeSetgid != 0 {
-		v |= 0o2000
-	}
-	if m&fs.ModeSticky != 0 {
-		v |= 0o1000
-	}
-	return v
-}
-
-// computeKey hashes a versioned, length-prefixed encoding of the entries
-// (each field: uvarint length, bytes), batched through one buffer.
-func computeKey(es []*entry) digest.Digest {
-	h := sha256.New()
-	buf := make([]byte, 0, 64<<10)
-	var num [24]byte
-	field := func(s string) {
-		buf = binary.AppendUvarint(buf, uint64(len(s)))
-		buf = append(buf, s...)
-	}
-	fieldBytes := func(b []byte) {
-		buf = binary.AppendUvarint(buf, uint64(len(b)))
-		buf = append(buf, b...)
-	}
-	field(keyVersion)
-	fieldBytes(strconv.AppendInt(num[:0], int64(len(es)), 10))
-	for _, e := range es {
-		field(e.path)
-		if e.typ < utf8.RuneSelf {
-			buf = append(buf, 1, e.typ) // field(string(rune(e.typ))) without the string
-		} else {
-			field(string(rune(e.typ)))
-		}
-		fieldBytes(strconv.AppendInt(num[:0], e.mode, 8))
-		fieldBytes(strconv.AppendInt(num[:0], int64(e.uid), 10))
-		fieldBytes(strconv.AppendInt(num[:0], int64(e.gid), 10))
-		if e.kind == srcContext {
-			buf = append(buf, byte(len(digestPrefix)+hex.EncodedLen(sha256.Size)))
-			buf = append(buf, digestPrefix...)
-			buf = hex.AppendEncode(buf, e.raw[:])
-		} else {
-			field(string(e.sum))
-		}
-		field(e.link)
-		if len(buf) >= 32<<10 {
-			h.Write(buf)
-			buf = buf[:0]
-		}
-	}
-	h.Write(buf)
-	return digest.NewDigest(digest.SHA256, h)
-}
-
-// digestPrefix starts a sha256 digest's string form.
-const digestPrefix = "sha256:"
-
-// digest is the entry's content digest ("" for what has no content).
-func (e *entry) digest() digest.Digest {
-	if e.kind == srcContext {
-		return digest.Digest(digestPrefix + hex.EncodeToString(e.raw[:]))
-	}
-	return e.sum
 }
 
 func rel(abs string) string { return strings.TrimPrefix(path.Clean("/"+abs), "/") }

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"io/fs"
@@ -15,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +21,7 @@ import (
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/minibuild/minibuild/buildctx"
+	"github.com/minibuild/minibuild/cache"
 	"github.com/minibuild/minibuild/layer"
 	"github.com/opencontainers/go-digest"
 )
@@ -372,50 +371,23 @@ func TestAddURL(t *testing.T) {
 	}
 }
 
-// referenceKey is the key encoding written plainly (one field at a time,
-// digests as strings): computeKey must match it byte for byte, or every
-// cached COPY would miss after an upgrade.
-func referenceKey(es []*entry) digest.Digest {
-	h := sha256.New()
-	field := func(s string) {
-		h.Write(binary.AppendUvarint(nil, uint64(len(s))))
-		io.WriteString(h, s)
-	}
-	field(keyVersion)
-	field(strconv.Itoa(len(es)))
-	for _, e := range es {
-		field(e.path)
-		field(string(rune(e.typ)))
-		field(strconv.FormatInt(e.mode, 8))
-		field(strconv.Itoa(e.uid))
-		field(strconv.Itoa(e.gid))
-		field(string(e.digest()))
-		field(e.link)
-	}
-	return digest.NewDigest(digest.SHA256, h)
-}
-
+// TestKeyEncoding checks that computeKey hands every entry to the tree
+// encoding as it lands: a context file's raw sum is its digest string.
 func TestKeyEncoding(t *testing.T) {
-	var es []*entry
-	for i := range 3000 { // past one flush of computeKey's buffer
-		e := &entry{path: fmt.Sprintf("app/d%d/f%d", i%7, i), typ: tar.TypeReg, mode: int64(i % 0o7777), uid: i, gid: -i}
-		switch i % 5 {
-		case 0:
-			e.kind, e.raw = srcContext, sha256.Sum256([]byte(e.path))
-		case 1:
-			e.kind, e.sum = srcData, digest.FromString(e.path)
-		case 2:
-			e.typ, e.link = tar.TypeSymlink, strings.Repeat("x/", i%300)
-		case 3:
-			e.typ, e.link = tar.TypeLink, "app/d0/f0"
-		case 4:
-			e.typ = tar.TypeDir
-		}
-		es = append(es, e)
+	es := []*entry{
+		{path: "app", typ: tar.TypeDir, mode: 0o755},
+		{path: "app/ctx", typ: tar.TypeReg, mode: 0o644, uid: 1, gid: 2, kind: srcContext, raw: sha256.Sum256([]byte("ctx"))},
+		{path: "app/doc", typ: tar.TypeReg, mode: 0o600, kind: srcData, sum: digest.FromString("doc")},
+		{path: "app/hard", typ: tar.TypeLink, link: "app/ctx"},
+		{path: "app/sym", typ: tar.TypeSymlink, mode: 0o777, link: "../x"},
 	}
-	for _, n := range []int{0, 1, 5, len(es)} {
-		if got, want := computeKey(es[:n]), referenceKey(es[:n]); got != want {
-			t.Errorf("%d entries: key %s, reference %s", n, got, want)
+	for n := range len(es) + 1 {
+		h := cache.NewTreeHasher()
+		for _, e := range es[:n] {
+			h.Add(&cache.TreeEntry{Path: e.path, Type: e.typ, Mode: e.mode, UID: e.uid, GID: e.gid, Sum: e.digest(), Link: e.link})
+		}
+		if got, want := computeKey(es[:n]), h.Digest(); got != want {
+			t.Errorf("%d entries: key %s, tree digest %s", n, got, want)
 		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/minibuild/minibuild/buildctx"
+	"github.com/minibuild/minibuild/copier"
 	"github.com/minibuild/minibuild/mount"
 	"github.com/minibuild/minibuild/sandbox"
 	"github.com/minibuild/minibuild/snapshot"
@@ -135,33 +136,12 @@ func (s *step) prepareBind(ctx context.Context, rm *runMount) error {
 		return fmt.Errorf("--mount=type=bind: source %q not found (or excluded by .dockerignore)", rm.m.Source)
 	}
 	rm.src, rm.srcRel = src, rel
-	if rm.tree, err = treeDigest(src, rel); err != nil {
+	if rm.tree, err = copier.TreeDigest(ctx, src, rel); err != nil {
 		return fmt.Errorf("--mount=type=bind,source=%s: %w", rm.m.Source, err)
 	}
 	return nil
 }
 
-// treeDigest is the content digest of rel and everything under it: path,
-// type, mode, owner, size, link target and sha256 of each entry.
-func treeDigest(src *buildctx.Context, rel string) (digest.Digest, error) {
-	var lines []string
-	for _, f := range src.Files() {
-		if rel != "" && f.Path != rel && !strings.HasPrefix(f.Path, rel+"/") {
-			continue
-		}
-		sum := ""
-		if f.Mode.IsRegular() {
-			d, err := src.Digest(f)
-			if err != nil {
-				return "", err
-			}
-			sum = d.String()
-		}
-		name := strings.TrimPrefix(strings.TrimPrefix(f.Path, rel), "/")
-		lines = append(lines, fmt.Sprintf("%q %o %d %d %d %q %s", name, uint32(f.Mode), f.UID, f.GID, f.Size, f.Link, sum))
-	}
-	return digest.FromString(strings.Join(lines, "\n")), nil
-}
 
 // mountSetup is what a RUN's mounts need while it runs.
 type mountSetup struct {

@@ -34,24 +34,16 @@ func Canonical(cmd instructions.Command) string {
 		v = canonCmdLine{Cmd: c.CmdLine, Shell: c.PrependShell, Files: c.Files}
 	case *instructions.CopyCommand:
 		v = canonCopy{
-			Sources:  nonNil(c.SourcePaths),
-			Heredocs: c.SourceContents,
-			Dest:     c.DestPath,
-			From:     c.From,
-			Chown:    c.Chown,
-			Chmod:    c.Chmod,
-			Link:     c.Link,
-			Parents:  c.Parents,
-			Exclude:  nonNil(c.ExcludePatterns),
+			canonFiles: files(c.SourcesAndDest),
+			From:       c.From,
+			canonOwner: canonOwner{Chown: c.Chown, Chmod: c.Chmod, Link: c.Link},
+			Parents:    c.Parents,
+			Exclude:    nonNil(c.ExcludePatterns),
 		}
 	case *instructions.AddCommand:
 		v = canonAdd{
-			Sources:    nonNil(c.SourcePaths),
-			Heredocs:   c.SourceContents,
-			Dest:       c.DestPath,
-			Chown:      c.Chown,
-			Chmod:      c.Chmod,
-			Link:       c.Link,
+			canonFiles: files(c.SourcesAndDest),
+			canonOwner: canonOwner{Chown: c.Chown, Chmod: c.Chmod, Link: c.Link},
 			Exclude:    nonNil(c.ExcludePatterns),
 			KeepGitDir: c.KeepGitDir,
 			Checksum:   c.Checksum,
@@ -109,29 +101,42 @@ type canonCmdLine struct {
 	Files []instructions.ShellInlineFile `json:"files,omitempty"`
 }
 
+// canonCopy and canonAdd share their first fields through embedded
+// structs, which encoding/json flattens in place: the keys keep the order
+// (and so the text) they had as two flat structs.
 type canonCopy struct {
-	Sources  []string                     `json:"src"`
-	Heredocs []instructions.SourceContent `json:"heredocs,omitempty"`
-	Dest     string                       `json:"dest"`
-	From     string                       `json:"from,omitempty"`
-	Chown    string                       `json:"chown,omitempty"`
-	Chmod    string                       `json:"chmod,omitempty"`
-	Link     bool                         `json:"link,omitempty"`
-	Parents  bool                         `json:"parents,omitempty"`
-	Exclude  []string                     `json:"exclude,omitempty"`
+	canonFiles
+	From string `json:"from,omitempty"`
+	canonOwner
+	Parents bool     `json:"parents,omitempty"`
+	Exclude []string `json:"exclude,omitempty"`
 }
 
 type canonAdd struct {
-	Sources    []string                     `json:"src"`
-	Heredocs   []instructions.SourceContent `json:"heredocs,omitempty"`
-	Dest       string                       `json:"dest"`
-	Chown      string                       `json:"chown,omitempty"`
-	Chmod      string                       `json:"chmod,omitempty"`
-	Link       bool                         `json:"link,omitempty"`
-	Exclude    []string                     `json:"exclude,omitempty"`
-	KeepGitDir *bool                        `json:"keep_git_dir,omitempty"`
-	Checksum   string                       `json:"checksum,omitempty"`
-	Unpack     *bool                        `json:"unpack,omitempty"`
+	canonFiles
+	canonOwner
+	Exclude    []string `json:"exclude,omitempty"`
+	KeepGitDir *bool    `json:"keep_git_dir,omitempty"`
+	Checksum   string   `json:"checksum,omitempty"`
+	Unpack     *bool    `json:"unpack,omitempty"`
+}
+
+// canonFiles is what COPY and ADD copy, and where to.
+type canonFiles struct {
+	Sources  []string                     `json:"src"`
+	Heredocs []instructions.SourceContent `json:"heredocs,omitempty"`
+	Dest     string                       `json:"dest"`
+}
+
+func files(sd instructions.SourcesAndDest) canonFiles {
+	return canonFiles{Sources: nonNil(sd.SourcePaths), Heredocs: sd.SourceContents, Dest: sd.DestPath}
+}
+
+// canonOwner is how COPY and ADD files land.
+type canonOwner struct {
+	Chown string `json:"chown,omitempty"`
+	Chmod string `json:"chmod,omitempty"`
+	Link  bool   `json:"link,omitempty"`
 }
 
 type canonArg struct {

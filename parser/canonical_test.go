@@ -109,3 +109,19 @@ func TestCanonicalDiffers(t *testing.T) {
 		seen[c] = src
 	}
 }
+
+// TestCanonicalText pins the text of COPY and ADD: it enters every key, so
+// a change here must bump the key version.
+func TestCanonicalText(t *testing.T) {
+	for _, c := range []struct{ src, want string }{
+		{"COPY a b", "COPY {\"src\":[\"a\"],\"dest\":\"b\"}"},
+		{"COPY --from=x --chown=1:2 --chmod=600 --link --parents --exclude=*.md a c /d/", "COPY {\"src\":[\"a\",\"c\"],\"dest\":\"/d/\",\"from\":\"x\",\"chown\":\"1:2\",\"chmod\":\"600\",\"link\":true,\"parents\":true,\"exclude\":[\"*.md\"]}"},
+		{"COPY <<EOF /f\nhello\nEOF", "COPY {\"src\":[],\"heredocs\":[{\"Path\":\"EOF\",\"Data\":\"hello\\n\",\"Expand\":true}],\"dest\":\"/f\"}"},
+		{"ADD a b", "ADD {\"src\":[\"a\"],\"dest\":\"b\"}"},
+		{"ADD --chown=1 --chmod=755 --link --exclude=x --keep-git-dir=true --checksum=sha256:aa --unpack=false https://x/y /z", "ADD {\"src\":[\"https://x/y\"],\"dest\":\"/z\",\"chown\":\"1\",\"chmod\":\"755\",\"link\":true,\"exclude\":[\"x\"],\"keep_git_dir\":true,\"checksum\":\"sha256:aa\",\"unpack\":false}"},
+	} {
+		if got := canon(t, c.src); got != c.want {
+			t.Errorf("%q:\n got %s\nwant %s", c.src, got, c.want)
+		}
+	}
+}

@@ -79,17 +79,16 @@ func ExpandWord(word string, env []string, escape rune) (string, error) {
 // shared parsed Dockerfile.
 func clone(cmd instructions.Command, escape rune) (instructions.Command, error) {
 	switch c := cmd.(type) {
-	case *instructions.EnvCommand:
-		cp := *c
-		cp.Env = slices.Clone(c.Env)
-		return &cp, nil
-	case *instructions.LabelCommand:
-		cp := *c
-		cp.Labels = slices.Clone(c.Labels)
-		return &cp, nil
 	case *instructions.MaintainerCommand:
-		cp := *c
-		return &cp, nil
+		return shallow(c), nil
+	case *instructions.OnbuildCommand:
+		return shallow(c), nil
+	case *instructions.WorkdirCommand:
+		return shallow(c), nil
+	case *instructions.UserCommand:
+		return shallow(c), nil
+	case *instructions.StopSignalCommand:
+		return shallow(c), nil
 	case *instructions.AddCommand:
 		cp := *c
 		cp.SourcesAndDest = cloneSources(c.SourcesAndDest)
@@ -102,61 +101,76 @@ func clone(cmd instructions.Command, escape rune) (instructions.Command, error) 
 		cp.SourcesAndDest = cloneSources(c.SourcesAndDest)
 		cp.ExcludePatterns = slices.Clone(c.ExcludePatterns)
 		return &cp, nil
-	case *instructions.OnbuildCommand:
-		cp := *c
-		return &cp, nil
-	case *instructions.WorkdirCommand:
-		cp := *c
-		return &cp, nil
 	case *instructions.RunCommand:
 		return cloneRun(c, escape)
-	case *instructions.CmdCommand:
-		cp := *c
-		cp.ShellDependantCmdLine = cloneCmdLine(c.ShellDependantCmdLine)
-		return &cp, nil
-	case *instructions.EntrypointCommand:
-		cp := *c
-		cp.ShellDependantCmdLine = cloneCmdLine(c.ShellDependantCmdLine)
-		return &cp, nil
-	case *instructions.HealthCheckCommand:
-		cp := *c
-		if c.Health != nil {
-			h := *c.Health
-			h.Test = slices.Clone(c.Health.Test)
-			cp.Health = &h
-		}
-		return &cp, nil
-	case *instructions.ExposeCommand:
-		cp := *c
-		cp.Ports = slices.Clone(c.Ports)
-		return &cp, nil
-	case *instructions.UserCommand:
-		cp := *c
-		return &cp, nil
-	case *instructions.VolumeCommand:
-		cp := *c
-		cp.Volumes = slices.Clone(c.Volumes)
-		return &cp, nil
-	case *instructions.StopSignalCommand:
-		cp := *c
-		return &cp, nil
-	case *instructions.ArgCommand:
-		cp := *c
-		cp.Args = make([]instructions.KeyValuePairOptional, len(c.Args))
-		for i, a := range c.Args {
-			if a.Value != nil {
-				v := *a.Value
-				a.Value = &v
-			}
-			cp.Args[i] = a
-		}
-		return &cp, nil
-	case *instructions.ShellCommand:
-		cp := *c
-		cp.Shell = slices.Clone(c.Shell)
-		return &cp, nil
+	}
+	if cp := cloneConfig(cmd); cp != nil {
+		return cp, nil
 	}
 	return nil, fmt.Errorf("copy instruction: unsupported type %T", cmd)
+}
+
+// shallow copies a command that holds no slice, map or pointer.
+func shallow[T any](c *T) *T {
+	cp := *c
+	return &cp
+}
+
+// cloneConfig deep-copies the commands that hold lists of image config
+// values; nil for any other command.
+func cloneConfig(cmd instructions.Command) instructions.Command {
+	switch c := cmd.(type) {
+	case *instructions.EnvCommand:
+		return copyWith(c, func(cp *instructions.EnvCommand) { cp.Env = slices.Clone(c.Env) })
+	case *instructions.LabelCommand:
+		return copyWith(c, func(cp *instructions.LabelCommand) { cp.Labels = slices.Clone(c.Labels) })
+	case *instructions.CmdCommand:
+		return copyWith(c, func(cp *instructions.CmdCommand) { cp.ShellDependantCmdLine = cloneCmdLine(c.ShellDependantCmdLine) })
+	case *instructions.EntrypointCommand:
+		return copyWith(c, func(cp *instructions.EntrypointCommand) {
+			cp.ShellDependantCmdLine = cloneCmdLine(c.ShellDependantCmdLine)
+		})
+	case *instructions.HealthCheckCommand:
+		return copyWith(c, cloneHealth)
+	case *instructions.ExposeCommand:
+		return copyWith(c, func(cp *instructions.ExposeCommand) { cp.Ports = slices.Clone(c.Ports) })
+	case *instructions.VolumeCommand:
+		return copyWith(c, func(cp *instructions.VolumeCommand) { cp.Volumes = slices.Clone(c.Volumes) })
+	case *instructions.ShellCommand:
+		return copyWith(c, func(cp *instructions.ShellCommand) { cp.Shell = slices.Clone(c.Shell) })
+	case *instructions.ArgCommand:
+		return copyWith(c, cloneArgs)
+	}
+	return nil
+}
+
+// copyWith copies *c, then lets deep replace the copy's shared parts.
+func copyWith[T any](c *T, deep func(cp *T)) *T {
+	cp := *c
+	deep(&cp)
+	return &cp
+}
+
+// cloneHealth replaces the copy's health check with its own copy.
+func cloneHealth(cp *instructions.HealthCheckCommand) {
+	if cp.Health != nil {
+		h := *cp.Health
+		h.Test = slices.Clone(h.Test)
+		cp.Health = &h
+	}
+}
+
+// cloneArgs replaces the copy's ARGs (and their values) with its own.
+func cloneArgs(cp *instructions.ArgCommand) {
+	args := make([]instructions.KeyValuePairOptional, len(cp.Args))
+	for i, a := range cp.Args {
+		if a.Value != nil {
+			v := *a.Value
+			a.Value = &v
+		}
+		args[i] = a
+	}
+	cp.Args = args
 }
 
 func cloneSources(s instructions.SourcesAndDest) instructions.SourcesAndDest {

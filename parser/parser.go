@@ -98,29 +98,12 @@ func Parse(r io.Reader, file string) (*Dockerfile, error) {
 	if v, _, _, ok := bkparser.ParseDirective("syntax", data); ok {
 		df.Syntax = v
 	}
-
 	var warns []warning
-	lint, err := newLinter(data, file, &warns)
+	res, lint, err := parseAST(data, file, &warns)
 	if err != nil {
-		return nil, &Error{File: file, Line: directiveLine(data, "check"), Msg: err.Error(), Err: err}
-	}
-
-	res, err := bkparser.Parse(bytes.NewReader(data))
-	if err != nil {
-		line := errorLine(err)
-		// Directive errors are located 0-based by BuildKit's line parser
-		// (the line counter has not advanced yet); everything else is 1-based.
-		if n := directiveBlockLines(data); line < n {
-			line++
-		}
-		return nil, wrapError(file, line, err)
+		return nil, err
 	}
 	df.Escape = res.EscapeToken
-	for _, w := range res.Warnings {
-		if w.URL == linter.RuleNoEmptyContinuation.URL && w.Location != nil {
-			lint.Run(&linter.RuleNoEmptyContinuation, []bkparser.Range{*w.Location}, linter.RuleNoEmptyContinuation.Format())
-		}
-	}
 
 	stages, metaArgs, err := instructions.Parse(res.AST, lint)
 	if err != nil {
@@ -137,45 +120,9 @@ func Parse(r io.Reader, file string) (*Dockerfile, error) {
 
 	seen := map[string]bool{}
 	for _, st := range stages {
-		start, end := lines(st.Location)
-		s := Stage{
-			Name:     st.Name,
-			BaseName: st.BaseName,
-			Platform: st.Platform,
-			Line:     start,
-			EndLine:  end,
-			Original: st.SourceCode,
-		}
-		if st.Name != "" {
-			if seen[st.Name] {
-				lint.Run(&linter.RuleDuplicateStageName, st.Location, linter.RuleDuplicateStageName.Format(st.Name))
-			}
-			seen[st.Name] = true
-			if st.Name == "scratch" || st.Name == "context" {
-				lint.Run(&linter.RuleReservedStageName, st.Location, linter.RuleReservedStageName.Format(st.Name))
-			}
-		}
-		hasShell := false
-		for _, cmd := range st.Commands {
-			start, end := lines(cmd.Location())
-			if err := checkCommand(cmd); err != nil {
-				return nil, wrapError(file, start, err)
-			}
-			switch c := cmd.(type) {
-			case *instructions.ShellCommand:
-				hasShell = true
-			case *instructions.CmdCommand, *instructions.EntrypointCommand:
-				// As dockerfile2llb: shell form without a SHELL gets a hint.
-				if sd := shellDependant(c); sd != nil && sd.PrependShell && !hasShell {
-					lint.Run(&linter.RuleJSONArgsRecommended, cmd.Location(), linter.RuleJSONArgsRecommended.Format(cmd.Name()))
-				}
-			}
-			s.Steps = append(s.Steps, Step{
-				Line:     start,
-				EndLine:  end,
-				Original: source(cmd),
-				Cmd:      cmd,
-			})
+		s, err := convertStage(st, file, lint, seen)
+		if err != nil {
+			return nil, err
 		}
 		df.Stages = append(df.Stages, s)
 	}
@@ -185,6 +132,78 @@ func Parse(r io.Reader, file string) (*Dockerfile, error) {
 		df.Warnings = append(df.Warnings, w.text)
 	}
 	return df, nil
+}
+
+// parseAST runs BuildKit's line parser over data, with a linter that
+// collects warnings into warns (the empty-continuation ones included).
+func parseAST(data []byte, file string, warns *[]warning) (*bkparser.Result, *linter.Linter, error) {
+	lint, err := newLinter(data, file, warns)
+	if err != nil {
+		return nil, nil, &Error{File: file, Line: directiveLine(data, "check"), Msg: err.Error(), Err: err}
+	}
+	res, err := bkparser.Parse(bytes.NewReader(data))
+	if err != nil {
+		line := errorLine(err)
+		// Directive errors are located 0-based by BuildKit's line parser
+		// (the line counter has not advanced yet); everything else is 1-based.
+		if n := directiveBlockLines(data); line < n {
+			line++
+		}
+		return nil, nil, wrapError(file, line, err)
+	}
+	for _, w := range res.Warnings {
+		if w.URL == linter.RuleNoEmptyContinuation.URL && w.Location != nil {
+			lint.Run(&linter.RuleNoEmptyContinuation, []bkparser.Range{*w.Location}, linter.RuleNoEmptyContinuation.Format())
+		}
+	}
+	return res, lint, nil
+}
+
+// convertStage turns one of BuildKit's stages into a Stage, running the
+// stage-level lint rules (seen holds the names of the stages before it)
+// and the parse-time checks of each command.
+func convertStage(st instructions.Stage, file string, lint *linter.Linter, seen map[string]bool) (Stage, error) {
+	start, end := lines(st.Location)
+	s := Stage{
+		Name:     st.Name,
+		BaseName: st.BaseName,
+		Platform: st.Platform,
+		Line:     start,
+		EndLine:  end,
+		Original: st.SourceCode,
+	}
+	if st.Name != "" {
+		if seen[st.Name] {
+			lint.Run(&linter.RuleDuplicateStageName, st.Location, linter.RuleDuplicateStageName.Format(st.Name))
+		}
+		seen[st.Name] = true
+		if st.Name == "scratch" || st.Name == "context" {
+			lint.Run(&linter.RuleReservedStageName, st.Location, linter.RuleReservedStageName.Format(st.Name))
+		}
+	}
+	hasShell := false
+	for _, cmd := range st.Commands {
+		start, end := lines(cmd.Location())
+		if err := checkCommand(cmd); err != nil {
+			return Stage{}, wrapError(file, start, err)
+		}
+		switch c := cmd.(type) {
+		case *instructions.ShellCommand:
+			hasShell = true
+		case *instructions.CmdCommand, *instructions.EntrypointCommand:
+			// As dockerfile2llb: shell form without a SHELL gets a hint.
+			if sd := shellDependant(c); sd != nil && sd.PrependShell && !hasShell {
+				lint.Run(&linter.RuleJSONArgsRecommended, cmd.Location(), linter.RuleJSONArgsRecommended.Format(cmd.Name()))
+			}
+		}
+		s.Steps = append(s.Steps, Step{
+			Line:     start,
+			EndLine:  end,
+			Original: source(cmd),
+			Cmd:      cmd,
+		})
+	}
+	return s, nil
 }
 
 // checkCommand applies BuildKit's parse-time checks that live in

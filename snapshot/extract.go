@@ -2,8 +2,6 @@ package snapshot
 
 import (
 	"archive/tar"
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,8 +14,7 @@ import (
 	"time"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
-	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
+	"github.com/minibuild/minibuild/internal/compression"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
@@ -97,23 +94,7 @@ func (sn *Snapshotter) extractLayer(ctx context.Context, l Layer, id string) err
 // Decompress returns the uncompressed stream of a layer blob: gzip, zstd or
 // plain tar, detected by magic number.
 func Decompress(r io.Reader) (io.ReadCloser, error) {
-	br := bufio.NewReader(r)
-	magic, _ := br.Peek(4)
-	switch {
-	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
-		zr, err := gzip.NewReader(br)
-		if err != nil {
-			return nil, fmt.Errorf("gzip: %w", err)
-		}
-		return zr, nil
-	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
-		zr, err := zstd.NewReader(br)
-		if err != nil {
-			return nil, fmt.Errorf("zstd: %w", err)
-		}
-		return zr.IOReadCloser(), nil
-	}
-	return io.NopCloser(br), nil
+	return compression.Decompress(context.Background(), r, compression.Layer)
 }
 
 // Extract unpacks a (possibly compressed) layer into the existing dir root

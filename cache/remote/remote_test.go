@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/minibuild/minibuild/archive"
 	"github.com/minibuild/minibuild/cache"
 	"github.com/minibuild/minibuild/registry"
 	"github.com/minibuild/minibuild/store"
@@ -148,7 +149,8 @@ func TestLocalRoundTrip(t *testing.T) {
 	if err := ExportLocal(f.s, c, dir); err != nil {
 		t.Fatal(err)
 	}
-	idx, err := readIndex(dir)
+	layout := archive.LayoutAt(dir)
+	idx, err := layout.Index()
 	if err != nil || len(idx.Manifests) != 1 {
 		t.Fatalf("index.json: %v %v", idx, err)
 	}
@@ -161,11 +163,11 @@ func TestLocalRoundTrip(t *testing.T) {
 
 	// Corrupt records are an error (a warning for the build), never a panic.
 	cfg := v1.Descriptor{}
-	m, _ := os.ReadFile(blobPath(dir, digest.Digest(idx.Manifests[0].Digest.String())))
+	m, _ := os.ReadFile(layout.BlobPath(idx.Manifests[0].Digest))
 	mf, _ := v1.ParseManifest(strings.NewReader(string(m)))
 	cfg = mf.Config
-	os.Chmod(blobPath(dir, digest.Digest(cfg.Digest.String())), 0o644)
-	os.WriteFile(blobPath(dir, digest.Digest(cfg.Digest.String())), []byte("{garbage"), 0o644)
+	os.Chmod(layout.BlobPath(cfg.Digest), 0o644)
+	os.WriteFile(layout.BlobPath(cfg.Digest), []byte("{garbage"), 0o644)
 	if _, err := ImportLocal(fresh, dir); err == nil || !strings.Contains(err.Error(), "corrupt") {
 		t.Errorf("corrupt cache: %v", err)
 	}
