@@ -46,7 +46,11 @@ type Request struct {
 	// DestInfo stats a path in the image (symlinks resolved in the
 	// rootfs); it returns an error wrapping os.ErrNotExist when absent.
 	// nil means an empty image.
-	DestInfo   func(path string) (fs.FileInfo, error)
+	DestInfo func(path string) (fs.FileInfo, error)
+	// Resolve returns the absolute path a path names inside the image's
+	// rootfs, every symlink followed there (never out of it), missing
+	// components kept: entries land where it says. nil: paths as written.
+	Resolve    func(path string) (string, error)
 	HTTPClient *http.Client
 	// KeepOwner keeps the sources' uid/gid when Chown is nil: COPY --from
 	// a stage or image keeps ownership, a context COPY does not.
@@ -123,6 +127,14 @@ func (p *Planned) plan(ctx context.Context, req Request) error {
 	list, err := p.expand(ctx, req, items, dest, destIsDir)
 	if err != nil {
 		return err
+	}
+	if req.Resolve != nil {
+		if err := throughImage(list, req.Resolve, stat); err != nil {
+			return err
+		}
+		if dest, err = req.Resolve(dest); err != nil {
+			return err
+		}
 	}
 	entries := sortEntries(list)
 	if err := linkHardLinks(entries); err != nil {

@@ -139,14 +139,14 @@ func TestCopy(t *testing.T) {
 		{"file to file", Request{Sources: []string{"app.py"}, Dest: "/srv/main.py", DestInfo: image()},
 			[]string{`srv/ 5 755 0:0 "" ""`, `srv/main.py 0 644 0:0 "" "print('hi')\n"`}},
 		{"file to dir slash, relative to workdir", Request{Sources: []string{"/app.py"}, Dest: "app/", Workdir: "/srv", DestInfo: image("/srv")},
-			[]string{`srv/app/ 5 755 0:0 "" ""`, `srv/app/app.py 0 644 0:0 "" "print('hi')\n"`}},
+			[]string{`srv/ 5 755 0:0 "" ""`, `srv/app/ 5 755 0:0 "" ""`, `srv/app/app.py 0 644 0:0 "" "print('hi')\n"`}},
 		{"file into existing image dir", Request{Sources: []string{"app.py"}, Dest: "/usr/bin", DestInfo: image("/usr", "/usr/bin")},
-			[]string{`usr/bin/app.py 0 644 0:0 "" "print('hi')\n"`}},
+			[]string{`usr/ 5 755 0:0 "" ""`, `usr/bin/ 5 755 0:0 "" ""`, `usr/bin/app.py 0 644 0:0 "" "print('hi')\n"`}},
 		{"dir contents", Request{Sources: []string{"src"}, Dest: "/code", DestInfo: image()},
 			[]string{`code/ 5 755 0:0 "" ""`, `code/a.go 0 644 0:0 "" "package a\n"`, `code/hard.go 1 644 0:0 "code/a.go" ""`,
 				`code/rel-link 2 777 0:0 "a.go" ""`, `code/sub/ 5 755 0:0 "" ""`, `code/sub/b.go 0 644 0:0 "" "package b\n"`}},
 		{"several sources into a dir", Request{Sources: []string{"app.py", "req.txt"}, Dest: "/app", DestInfo: image("/app")},
-			[]string{`app/app.py 0 644 0:0 "" "print('hi')\n"`, `app/req.txt 0 644 0:0 "" "flask\n"`}},
+			[]string{`app/ 5 755 0:0 "" ""`, `app/app.py 0 644 0:0 "" "print('hi')\n"`, `app/req.txt 0 644 0:0 "" "flask\n"`}},
 		{"glob", Request{Sources: []string{"a?.txt"}, Dest: "/d", DestInfo: image()},
 			[]string{`d/ 5 755 0:0 "" ""`, `d/a1.txt 0 644 0:0 "" "1"`, `d/a2.txt 0 644 0:0 "" "2"`}},
 		{"a source named twice lands once", Request{Sources: []string{"a1.txt", "a?.txt", "src/sub/b.go"}, Dest: "/d/", DestInfo: image()},
@@ -158,11 +158,11 @@ func TestCopy(t *testing.T) {
 		{"symlink source is followed", Request{Sources: []string{"link.py"}, Dest: "/", DestInfo: image()},
 			[]string{`link.py 0 644 0:0 "" "` + strings.TrimSuffix(app, "\n") + `\n"`}},
 		{"heredoc", Request{Heredocs: []Heredoc{{Name: "EOF", Data: "hello\n"}}, Dest: "/etc/motd", DestInfo: image("/etc")},
-			[]string{`etc/motd 0 644 0:0 "" "hello\n"`}},
+			[]string{`etc/ 5 755 0:0 "" ""`, `etc/motd 0 644 0:0 "" "hello\n"`}},
 		{"heredoc chmod", Request{Heredocs: []Heredoc{{Name: "run.sh", Data: "#!/bin/sh\n", Chmod: ptr(fs.FileMode(0o755))}}, Dest: "/bin/", DestInfo: image("/bin")},
-			[]string{`bin/run.sh 0 755 0:0 "" "#!/bin/sh\n"`}},
+			[]string{`bin/ 5 755 0:0 "" ""`, `bin/run.sh 0 755 0:0 "" "#!/bin/sh\n"`}},
 		{"dest is an image file path", Request{Sources: []string{"req.txt"}, Dest: "/etc/x", DestInfo: image("/etc", "/etc/x!file")},
-			[]string{`etc/x 0 644 0:0 "" "flask\n"`}},
+			[]string{`etc/ 5 755 0:0 "" ""`, `etc/x 0 644 0:0 "" "flask\n"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -314,7 +314,7 @@ func TestAddArchive(t *testing.T) {
 			}
 			// COPY never extracts
 			got, _ = run(t, c, Request{Sources: []string{"bundle.bin"}, Dest: "/opt/", DestInfo: image("/opt")})
-			if len(got) != 1 || got[0].name != "opt/bundle.bin" {
+			if len(got) != 2 || got[1].name != "opt/bundle.bin" { // opt/ as the image has it, then the file
 				t.Errorf("COPY of an archive: %v", got)
 			}
 		})
@@ -348,12 +348,12 @@ func TestAddURL(t *testing.T) {
 	req := base
 	req.Sources, req.Dest, req.Checksum = []string{srv.URL + "/files/tool.bin"}, "/dl/", digest.FromString(body)
 	got, p := run(t, c, req)
-	if len(got) != 1 || got[0].String() != `dl/tool.bin 0 600 0:0 "" "downloaded content"` {
+	if len(got) != 2 || got[1].String() != `dl/tool.bin 0 600 0:0 "" "downloaded content"` {
 		t.Errorf("download: %v", got)
 	}
 	req.Dest = "/dl/renamed"
 	got, p2 := run(t, c, req)
-	if len(got) != 1 || got[0].name != "dl/renamed" { // /dl exists: nothing to create
+	if len(got) != 2 || got[1].name != "dl/renamed" { // /dl exists: carried as it is, nothing created
 		t.Errorf("download to a file name: %v", got)
 	}
 	if p.Key() == p2.Key() {

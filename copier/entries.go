@@ -115,6 +115,8 @@ func (pm *parentMaker) need(dir string) error {
 		if !fi.IsDir() {
 			return fmt.Errorf("cannot copy to %s: /%s is not a directory", pm.dest, dir)
 		}
+		pm.created = append(pm.created, existingDir(dir, fi))
+		pm.isCreated[dir] = true
 		return nil
 	}
 	pm.created = append(pm.created, &entry{path: dir, typ: tar.TypeDir, mode: 0o755, uid: pm.owner.UID, gid: pm.owner.GID, mtime: time.Unix(0, 0), created: true})

@@ -74,6 +74,9 @@ func (s *step) copyRequest(ctx context.Context, spec copySpec) (copier.Request, 
 		DestInfo: func(p string) (fs.FileInfo, error) {
 			return r.b.opts.Snapshots.Stat(ctx, layers, p)
 		},
+		Resolve: func(p string) (string, error) {
+			return r.b.opts.Snapshots.Resolve(ctx, layers, p)
+		},
 	}
 	if spec.checksum != "" {
 		d, err := digest.Parse(spec.checksum)

@@ -55,7 +55,16 @@ func (o *workdirOp) execute(ctx context.Context) (*cache.Record, error) {
 			return nil, err
 		}
 	}
+	parents, err := o.existingParents(ctx, missing[0])
+	if err != nil {
+		return nil, err
+	}
 	l, err := s.writeLayer(ctx, func(w *layer.Writer) error {
+		for _, hdr := range parents {
+			if err := w.Add(hdr, nil); err != nil {
+				return err
+			}
+		}
 		for _, d := range missing {
 			hdr := &tar.Header{Typeflag: tar.TypeDir, Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o755, ModTime: s.layerTime(),
 				Uid: int(owner.UID), Gid: int(owner.GID)}
@@ -69,6 +78,29 @@ func (o *workdirOp) execute(ctx context.Context) (*cache.Record, error) {
 		return nil, err
 	}
 	return &cache.Record{Layer: l, Config: next, History: s.history("", false)}, nil
+}
+
+// existingParents are the headers of the dirs above the first missing
+// one, as the image has them (mode, owner, mtime): the layer carries them
+// so that extracting it does not make default 0755 root-owned dirs there,
+// which overlay would show over the image's own (as BuildKit's layers
+// carry a changed dir's parents).
+func (o *workdirOp) existingParents(ctx context.Context, first string) ([]*tar.Header, error) {
+	r := o.s.run
+	var out []*tar.Header
+	for d := path.Dir(first); d != "/"; d = path.Dir(d) {
+		fi, err := r.b.opts.Snapshots.Stat(ctx, r.state.snapshotLayers(), d)
+		if err != nil {
+			return nil, err
+		}
+		hdr, err := tar.FileInfoHeader(fi, "")
+		if err != nil {
+			return nil, err
+		}
+		hdr.Name = strings.TrimPrefix(d, "/") + "/"
+		out = append([]*tar.Header{hdr}, out...)
+	}
+	return out, nil
 }
 
 // missingDirs lists the dir and its parents that the image lacks, top

@@ -151,3 +151,35 @@ RUN pwd -P > /escape-pwd && readlink /escape > /escape-link
 		}
 	}
 }
+
+// COPY follows the image's symlinks as docker does: into a symlinked dir
+// (Debian's /bin → usr/bin), into a link whose target is outside the
+// root's reach (it resolves inside), and the dirs it writes under keep
+// their mode and owner (/tmp stays 1777), on both snapshotters.
+func TestCopyThroughImageSymlinks(t *testing.T) {
+	for _, snap := range []string{"overlay", "copy"} {
+		t.Run(snap, func(t *testing.T) {
+			e := newEnv(t)
+			ctx := project(t, `FROM busybox
+RUN mkdir -p /usr/lib/real && ln -s /usr/lib/real /opt && ln -s /../../../usr/lib/real /escape && chown 1000:1000 /home/app
+COPY tool /opt/tool
+COPY tool /escape/tool2
+COPY f /tmp/x/f
+COPY --chown=app f /home/app/f
+WORKDIR /tmp/w
+RUN /opt/tool && stat -c '%a' /tmp > /tmp-mode && stat -c '%u' /home/app > /home-owner && readlink /opt > /opt-link
+`, map[string]string{"tool": "#!/bin/sh\necho tool ran > /tool-ran\n", "f": "x\n"})
+			if err := os.Chmod(filepath.Join(ctx, "tool"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			out := filepath.Join(t.TempDir(), "rootfs")
+			e.build(ctx, nil, "--snapshotter="+snap, "-o", "type=local,dest="+out)
+			for file, want := range map[string]string{"tool-ran": "tool ran", "tmp-mode": "1777", "home-owner": "1000", "opt-link": "/usr/lib/real",
+				"usr/lib/real/tool2": "#!/bin/sh"} {
+				if got := strings.TrimSpace(readFile(t, filepath.Join(out, file))); !strings.HasPrefix(got, want) {
+					t.Errorf("/%s = %q, want %q", file, got, want)
+				}
+			}
+		})
+	}
+}
