@@ -142,7 +142,6 @@ func (s *step) prepareBind(ctx context.Context, rm *runMount) error {
 	return nil
 }
 
-
 // mountSetup is what a RUN's mounts need while it runs.
 type mountSetup struct {
 	mounts  []mount.Mount
