@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/minibuild/minibuild/layer"
 )
 
 func TestKeyIsContentOnly(t *testing.T) {
@@ -119,7 +121,7 @@ func TestIndexRoundTripAndExplain(t *testing.T) {
 	if got := x.Explain("here", in1); got != "not built before" {
 		t.Fatalf("explain on empty index: %q", got)
 	}
-	rec := &Record{Layer: &Layer{Digest: digest.FromString("layer"), Size: 3}}
+	rec := &Record{Layer: &layer.Descriptor{Digest: digest.FromString("layer"), Size: 3}}
 	if err := x.Put(k1, "here", in1, rec); err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/minibuild/minibuild/internal/atomicfile"
 	"github.com/minibuild/minibuild/internal/flock"
+	"github.com/minibuild/minibuild/layer"
 )
 
 // ErrMiss reports that the index holds no record for a key.
@@ -23,21 +24,13 @@ var ErrMiss = errors.New("cache miss")
 // recordVersion is stored in every record; a record of another version is a miss.
 const recordVersion = 1
 
-// Layer names the layer blob an instruction produced.
-type Layer struct {
-	Digest    digest.Digest `json:"digest"`
-	DiffID    digest.Digest `json:"diffID"`
-	Size      int64         `json:"size"`
-	MediaType string        `json:"mediaType"`
-}
-
 // Record is what an instruction produced: at most one layer, the
 // container config after it, and its history entry.
 type Record struct {
-	Version int        `json:"version"`
-	Layer   *Layer     `json:"layer,omitempty"`
-	Config  v1.Config  `json:"config"`
-	History v1.History `json:"history"`
+	Version int               `json:"version"`
+	Layer   *layer.Descriptor `json:"layer,omitempty"`
+	Config  v1.Config         `json:"config"`
+	History v1.History        `json:"history"`
 }
 
 // Index maps keys to records, one small JSON file per key, written

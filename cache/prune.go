@@ -13,13 +13,15 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
+
+	"github.com/minibuild/minibuild/layer"
 )
 
 // RecordInfo is one record of the index as the collector sees it.
 type RecordInfo struct {
 	Key   digest.Digest
-	Layer *Layer // nil for a step that made no layer
-	Size  int64  // of the record file
+	Layer *layer.Descriptor // nil for a step that made no layer
+	Size  int64             // of the record file
 	// LastUsed is when the record was last written or read: the later of
 	// its mtime and atime (atime moves on a read under relatime, at least
 	// once a day).

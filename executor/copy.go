@@ -65,7 +65,7 @@ func newCopyOp(ctx context.Context, s *step, spec copySpec) (*copyOp, error) {
 // and group files, --chmod and --checksum parsed.
 func (s *step) copyRequest(ctx context.Context, spec copySpec) (copier.Request, error) {
 	r := s.run
-	layers := r.state.snapshotLayers()
+	layers := r.state.layers
 	req := copier.Request{
 		Sources: spec.SourcePaths,
 		Dest:    spec.DestPath,

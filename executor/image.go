@@ -8,17 +8,16 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
-	"github.com/opencontainers/go-digest"
 
 	"github.com/minibuild/minibuild/cache"
-	"github.com/minibuild/minibuild/snapshot"
+	"github.com/minibuild/minibuild/layer"
 	"github.com/minibuild/minibuild/store"
 )
 
 // imageState is a stage's image as its steps change it: the layer chain,
 // the config and the history.
 type imageState struct {
-	layers []cache.Layer
+	layers []layer.Descriptor
 	config v1.ConfigFile
 	// cmdSet records a CMD in this stage, so that a later ENTRYPOINT keeps
 	// it (docker resets only an inherited CMD).
@@ -40,12 +39,7 @@ func stateFromImage(img v1.Image) (*imageState, error) {
 	}
 	st := &imageState{config: *cf.DeepCopy()}
 	for i, l := range m.Layers {
-		st.layers = append(st.layers, cache.Layer{
-			Digest:    digest.Digest(l.Digest.String()),
-			DiffID:    digest.Digest(cf.RootFS.DiffIDs[i].String()),
-			Size:      l.Size,
-			MediaType: ociLayerType(l.MediaType),
-		})
+		st.layers = append(st.layers, layer.FromV1(l, cf.RootFS.DiffIDs[i]))
 	}
 	return st, nil
 }
@@ -62,30 +56,8 @@ func scratchState() *imageState {
 // defaultPath is docker's PATH for images that set none.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// ociLayerType maps docker layer media types to their OCI twins: the blob
-// is the same, and minibuild writes OCI manifests.
-func ociLayerType(mt types.MediaType) string {
-	switch mt {
-	case types.DockerLayer, "":
-		return string(types.OCILayer)
-	case types.DockerUncompressedLayer:
-		return string(types.OCIUncompressedLayer)
-	case types.DockerForeignLayer:
-		return string(types.OCIRestrictedLayer)
-	}
-	return string(mt)
-}
-
-func (s *imageState) snapshotLayers() []snapshot.Layer {
-	out := make([]snapshot.Layer, len(s.layers))
-	for i, l := range s.layers {
-		out[i] = snapshot.Layer{Digest: l.Digest, DiffID: l.DiffID}
-	}
-	return out
-}
-
 func (s *imageState) clone() *imageState {
-	return &imageState{layers: append([]cache.Layer(nil), s.layers...), config: *s.config.DeepCopy(), cmdSet: s.cmdSet}
+	return &imageState{layers: append([]layer.Descriptor(nil), s.layers...), config: *s.config.DeepCopy(), cmdSet: s.cmdSet}
 }
 
 // apply replays a step's record: its layer, config and history.
@@ -106,16 +78,12 @@ func commit(st *store.Store, s *imageState, created time.Time) (v1.Image, v1.Has
 	cf.RootFS = v1.RootFS{Type: "layers", DiffIDs: []v1.Hash{}}
 	m := v1.Manifest{SchemaVersion: 2, MediaType: types.OCIManifestSchema1, Layers: []v1.Descriptor{}}
 	for _, l := range s.layers {
-		diffID, err := v1.NewHash(string(l.DiffID))
-		if err != nil {
-			return nil, v1.Hash{}, err
-		}
-		d, err := v1.NewHash(string(l.Digest))
+		desc, diffID, err := l.V1()
 		if err != nil {
 			return nil, v1.Hash{}, err
 		}
 		cf.RootFS.DiffIDs = append(cf.RootFS.DiffIDs, diffID)
-		m.Layers = append(m.Layers, v1.Descriptor{MediaType: types.MediaType(l.MediaType), Size: l.Size, Digest: d})
+		m.Layers = append(m.Layers, desc)
 	}
 	rawConfig, err := json.Marshal(cf)
 	if err != nil {

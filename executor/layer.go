@@ -4,14 +4,13 @@ import (
 	"context"
 	"time"
 
-	"github.com/minibuild/minibuild/cache"
 	"github.com/minibuild/minibuild/layer"
 	"github.com/minibuild/minibuild/snapshot"
 )
 
 // writeLayer writes the step's layer into the store: the blob is
 // committed, whole and verified, before any record names it.
-func (s *step) writeLayer(ctx context.Context, fill func(*layer.Writer) error) (*cache.Layer, error) {
+func (s *step) writeLayer(ctx context.Context, fill func(*layer.Writer) error) (*layer.Descriptor, error) {
 	opts := s.run.b.opts
 	bw, err := opts.Store.NewBlobWriter()
 	if err != nil {
@@ -46,7 +45,7 @@ func (s *step) writeLayer(ctx context.Context, fill func(*layer.Writer) error) (
 			s.run.b.warn(err.Error())
 		}
 	}
-	return &cache.Layer{Digest: desc.Digest, DiffID: desc.DiffID, Size: desc.Size, MediaType: layer.MediaType}, nil
+	return &desc, nil
 }
 
 // layerTime is the mtime of entries minibuild itself creates: the epoch

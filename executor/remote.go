@@ -6,6 +6,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/minibuild/minibuild/cache"
+	"github.com/minibuild/minibuild/layer"
 )
 
 // CacheSource is a cache imported with --cache-from (a registry artifact,
@@ -15,7 +16,7 @@ type CacheSource interface {
 	// Record returns the record of key, if the source has one.
 	Record(key digest.Digest) (*cache.Record, bool)
 	// FetchLayer makes l's blob present (and verified) in the store.
-	FetchLayer(ctx context.Context, l cache.Layer) error
+	FetchLayer(ctx context.Context, l layer.Descriptor) error
 }
 
 // lookup finds a usable record for key: in the local index with its layer
@@ -55,7 +56,7 @@ func (s *step) lookup(ctx context.Context, key digest.Digest, in *cache.Inputs) 
 // holdLayer adds a reused record's layer (blob and extracted dir) to the
 // build's lease and tells whether its blob is there: one a collection
 // removed before the lease held it is a miss.
-func (s *step) holdLayer(l *cache.Layer) bool {
+func (s *step) holdLayer(l *layer.Descriptor) bool {
 	b := s.run.b
 	if err := b.lease.Add(l.Digest, l.DiffID); err != nil {
 		b.warn("lease: " + err.Error())

@@ -173,7 +173,7 @@ func shebangArgs(script, target string) []string {
 func (s *step) executeRun(ctx context.Context, c *instructions.RunCommand, mounts []*runMount, network sandbox.Network) (*cache.Record, error) {
 	opts := s.run.b.opts
 	cfg := &s.run.state.config.Config
-	layers := s.run.state.snapshotLayers()
+	layers := s.run.state.layers
 	id, err := resolveUser(s.run.imageFiles(ctx), cfg.User)
 	if err != nil {
 		return nil, err

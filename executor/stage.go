@@ -257,7 +257,7 @@ func (r *stageRun) fromSource(ctx context.Context, from string) (*buildctx.Conte
 			return nil, fmt.Errorf("--from=%s: %w", from, err)
 		}
 	}
-	dir, err := r.b.opts.Snapshots.View(ctx, st.snapshotLayers())
+	dir, err := r.b.opts.Snapshots.View(ctx, st.layers)
 	if err != nil {
 		return nil, err
 	}

@@ -25,7 +25,7 @@ type fileReader func(path string) ([]byte, error)
 
 // imageFiles reads files of the stage's rootfs as it is now.
 func (r *stageRun) imageFiles(ctx context.Context) fileReader {
-	sn, layers := r.b.opts.Snapshots, r.state.snapshotLayers()
+	sn, layers := r.b.opts.Snapshots, r.state.layers
 	return func(path string) ([]byte, error) { return sn.ReadFile(ctx, layers, path) }
 }
 

@@ -89,7 +89,7 @@ func (o *workdirOp) existingParents(ctx context.Context, first string) ([]*tar.H
 	r := o.s.run
 	var out []*tar.Header
 	for d := path.Dir(first); d != "/"; d = path.Dir(d) {
-		fi, err := r.b.opts.Snapshots.Stat(ctx, r.state.snapshotLayers(), d)
+		fi, err := r.b.opts.Snapshots.Stat(ctx, r.state.layers, d)
 		if err != nil {
 			return nil, err
 		}
@@ -109,13 +109,13 @@ func (o *workdirOp) existingParents(ctx context.Context, first string) ([]*tar.H
 // inside the rootfs, never a dir over the link (BuildKit's mkdir -p).
 func (o *workdirOp) missingDirs(ctx context.Context) ([]string, error) {
 	r := o.s.run
-	dir, err := r.b.opts.Snapshots.Resolve(ctx, r.state.snapshotLayers(), o.dir)
+	dir, err := r.b.opts.Snapshots.Resolve(ctx, r.state.layers, o.dir)
 	if err != nil {
 		return nil, err
 	}
 	var missing []string
 	for d := dir; d != "/"; d = path.Dir(d) {
-		_, err := r.b.opts.Snapshots.Stat(ctx, r.state.snapshotLayers(), d)
+		_, err := r.b.opts.Snapshots.Stat(ctx, r.state.layers, d)
 		if err == nil {
 			break
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/minibuild/minibuild/cache"
+	"github.com/minibuild/minibuild/layer"
 	"github.com/minibuild/minibuild/snapshot"
 	"github.com/minibuild/minibuild/store"
 )
@@ -92,7 +93,7 @@ func (w *world) record(name string, l v1.Layer, used time.Time) digest.Digest {
 	size, _ := l.Size()
 	in := &cache.Inputs{Parent: digest.FromString("parent"), Instruction: "RUN " + name}
 	key := in.Key()
-	r := &cache.Record{Layer: &cache.Layer{Digest: digest.Digest(d.String()), DiffID: digest.Digest(did.String()), Size: size}}
+	r := &cache.Record{Layer: &layer.Descriptor{Digest: digest.Digest(d.String()), DiffID: digest.Digest(did.String()), Size: size}}
 	if err := w.s.Cache.Put(key, name, in, r); err != nil {
 		w.t.Fatal(err)
 	}

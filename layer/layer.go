@@ -16,6 +16,8 @@ import (
 	"io"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/gzip"
 	"github.com/opencontainers/go-digest"
 )
@@ -36,11 +38,48 @@ type Options struct {
 	Tee io.Writer
 }
 
-// Descriptor identifies a finished layer.
+// Descriptor is a layer's one identity, from the moment it is written to
+// the moment a manifest names it: its blob (digest, size, media type) and
+// its content (diffID). Cache records keep it, snapshots extract by it,
+// and V1 turns it into the manifest's descriptor and the config's diffID.
 type Descriptor struct {
-	Digest digest.Digest // sha256 of the compressed blob
-	DiffID digest.Digest // sha256 of the uncompressed tar
-	Size   int64         // compressed size in bytes
+	Digest    digest.Digest `json:"digest"` // sha256 of the compressed blob
+	DiffID    digest.Digest `json:"diffID"` // sha256 of the uncompressed tar
+	Size      int64         `json:"size"`   // compressed size in bytes
+	MediaType string        `json:"mediaType"`
+}
+
+// FromV1 is the layer a manifest descriptor and its config's diffID name.
+// Docker media types map to their OCI twins: the blob is the same, and
+// minibuild writes OCI manifests.
+func FromV1(desc v1.Descriptor, diffID v1.Hash) Descriptor {
+	return Descriptor{Digest: digest.Digest(desc.Digest.String()), DiffID: digest.Digest(diffID.String()),
+		Size: desc.Size, MediaType: ociMediaType(desc.MediaType)}
+}
+
+// V1 is the layer as a manifest names it, and its diffID as a config does.
+func (d Descriptor) V1() (v1.Descriptor, v1.Hash, error) {
+	h, err := v1.NewHash(string(d.Digest))
+	if err != nil {
+		return v1.Descriptor{}, v1.Hash{}, fmt.Errorf("layer digest %q: %w", d.Digest, err)
+	}
+	diffID, err := v1.NewHash(string(d.DiffID))
+	if err != nil {
+		return v1.Descriptor{}, v1.Hash{}, fmt.Errorf("layer diffID %q: %w", d.DiffID, err)
+	}
+	return v1.Descriptor{MediaType: types.MediaType(d.MediaType), Size: d.Size, Digest: h}, diffID, nil
+}
+
+func ociMediaType(mt types.MediaType) string {
+	switch mt {
+	case types.DockerLayer, "":
+		return string(types.OCILayer)
+	case types.DockerUncompressedLayer:
+		return string(types.OCIUncompressedLayer)
+	case types.DockerForeignLayer:
+		return string(types.OCIRestrictedLayer)
+	}
+	return string(mt)
 }
 
 // Writer streams normalized tar entries through gzip into an io.Writer
@@ -110,9 +149,10 @@ func (w *Writer) Close() (Descriptor, error) {
 		return Descriptor{}, err
 	}
 	return Descriptor{
-		Digest: digest.NewDigest(digest.SHA256, w.out.h),
-		DiffID: digest.NewDigest(digest.SHA256, w.diff),
-		Size:   w.out.n,
+		Digest:    digest.NewDigest(digest.SHA256, w.out.h),
+		DiffID:    digest.NewDigest(digest.SHA256, w.diff),
+		Size:      w.out.n,
+		MediaType: MediaType,
 	}, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/gzip"
 	"github.com/opencontainers/go-digest"
 )
@@ -103,5 +104,30 @@ func TestShortBodyIsAnError(t *testing.T) {
 	err := w.Add(&tar.Header{Name: "f", Typeflag: tar.TypeReg, Size: 10}, strings.NewReader("short"))
 	if err == nil {
 		t.Error("a body shorter than its header's size was accepted")
+	}
+}
+
+// A layer keeps one identity from the writer to the manifest: V1 and
+// FromV1 round-trip, and a docker layer maps to its OCI twin.
+func TestDescriptorV1RoundTrip(t *testing.T) {
+	var buf bytes.Buffer
+	w := NewWriter(&buf, Options{})
+	if err := w.Add(&tar.Header{Typeflag: tar.TypeReg, Name: "f", Mode: 0o644, Size: 1}, strings.NewReader("x")); err != nil {
+		t.Fatal(err)
+	}
+	d, err := w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, diffID, err := d.V1()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back := FromV1(desc, diffID); back != d || d.MediaType != MediaType {
+		t.Errorf("round trip: %+v → %+v", d, back)
+	}
+	desc.MediaType = types.DockerLayer
+	if got := FromV1(desc, diffID).MediaType; got != MediaType {
+		t.Errorf("a docker layer maps to %q, want %q", got, MediaType)
 	}
 }

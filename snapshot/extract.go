@@ -33,7 +33,7 @@ const (
 func (sn *Snapshotter) ensure(ctx context.Context, layers []Layer) ([]string, error) {
 	ids := make([]string, len(layers))
 	for i, l := range layers {
-		id, err := l.id()
+		id, err := layerID(l)
 		if err != nil {
 			return nil, err
 		}

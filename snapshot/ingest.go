@@ -99,7 +99,7 @@ func (in *Ingest) Commit(ctx context.Context, diffID digest.Digest) error {
 	if err := in.wait(nil); err != nil {
 		return fmt.Errorf("ingest layer %s: %w", diffID, err)
 	}
-	id, err := Layer{DiffID: diffID}.id()
+	id, err := layerID(Layer{DiffID: diffID})
 	if err != nil {
 		return err
 	}

@@ -27,6 +27,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/minibuild/minibuild/layer"
 	"github.com/minibuild/minibuild/mount"
 )
 
@@ -35,16 +36,15 @@ type BlobOpener interface {
 	OpenBlob(d digest.Digest) (io.ReadCloser, error)
 }
 
-// Layer names one layer of a chain: Digest is the blob to read, DiffID
-// (optional but recommended) the digest of its uncompressed tar, which is
-// verified during extraction and names the extracted dir.
-type Layer struct {
-	Digest, DiffID digest.Digest
-}
+// Layer names one layer of a chain, by the one layer identity
+// (layer.Descriptor): Digest is the blob to read, DiffID (optional but
+// recommended) the digest of its uncompressed tar, which is verified
+// during extraction and names the extracted dir.
+type Layer = layer.Descriptor
 
-// id is the short name of the extracted dir. Short names keep the overlay
-// option string under one page for chains of 200+ layers.
-func (l Layer) id() (string, error) {
+// layerID is the short name of l's extracted dir. Short names keep the
+// overlay option string under one page for chains of 200+ layers.
+func layerID(l Layer) (string, error) {
 	d := l.DiffID
 	if d == "" {
 		d = l.Digest

@@ -371,7 +371,7 @@ func TestManyLayersFitOnePage(t *testing.T) {
 }
 
 func mustID(t *testing.T, l Layer) string {
-	id, err := l.id()
+	id, err := layerID(l)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,7 +32,7 @@ type LayerDir struct {
 // for a layer whose diffID is unknown, blob digest). It is "" for an
 // invalid digest.
 func LayerDirID(d digest.Digest) string {
-	id, err := Layer{DiffID: d}.id()
+	id, err := layerID(Layer{DiffID: d})
 	if err != nil {
 		return ""
 	}

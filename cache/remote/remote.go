@@ -30,6 +30,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/minibuild/minibuild/cache"
+	"github.com/minibuild/minibuild/layer"
 	"github.com/minibuild/minibuild/registry"
 	"github.com/minibuild/minibuild/store"
 )
@@ -279,7 +280,7 @@ func (src *Source) Record(key digest.Digest) (*cache.Record, bool) {
 }
 
 // FetchLayer brings l's blob into the store (verified), unless it is there.
-func (src *Source) FetchLayer(ctx context.Context, l cache.Layer) error {
+func (src *Source) FetchLayer(ctx context.Context, l layer.Descriptor) error {
 	if src.store.HasBlob(l.Digest) {
 		return nil
 	}

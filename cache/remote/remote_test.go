@@ -19,6 +19,7 @@ import (
 
 	"github.com/minibuild/minibuild/archive"
 	"github.com/minibuild/minibuild/cache"
+	"github.com/minibuild/minibuild/layer"
 	"github.com/minibuild/minibuild/registry"
 	"github.com/minibuild/minibuild/store"
 )
@@ -92,7 +93,7 @@ func newFixture(t *testing.T) *fixture {
 	for i, l := range m.Layers {
 		in := &cache.Inputs{Parent: parent, Instruction: "RUN step", Files: digest.FromString(string(rune('a' + i)))}
 		key := in.Key()
-		rec := &cache.Record{Layer: &cache.Layer{Digest: digest.Digest(l.Digest.String()), DiffID: digest.Digest(cf.RootFS.DiffIDs[i].String()), Size: l.Size, MediaType: string(l.MediaType)},
+		rec := &cache.Record{Layer: &layer.Descriptor{Digest: digest.Digest(l.Digest.String()), DiffID: digest.Digest(cf.RootFS.DiffIDs[i].String()), Size: l.Size, MediaType: string(l.MediaType)},
 			History: v1.History{CreatedBy: "RUN step"}}
 		if err := idx.Put(key, "test", in, rec); err != nil {
 			t.Fatal(err)
