@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -132,12 +131,6 @@ func readQuietly(path string, v any) error {
 	return nil
 }
 
-func lastUsed(fi os.FileInfo) time.Time {
-	t := fi.ModTime()
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		if a := time.Unix(st.Atim.Sec, st.Atim.Nsec); a.After(t) {
-			t = a
-		}
-	}
-	return t
-}
+// lastUsed is a record's mtime: Get touches it on every hit (atime is
+// no clock here: noatime and relatime mounts).
+func lastUsed(fi os.FileInfo) time.Time { return fi.ModTime() }

@@ -16,6 +16,7 @@ import (
 	"github.com/minibuild/minibuild/cache"
 	"github.com/minibuild/minibuild/layer"
 	"github.com/minibuild/minibuild/sandbox"
+	"github.com/minibuild/minibuild/snapshot"
 )
 
 // tailLines is how many output lines a failed RUN's error repeats.
@@ -171,54 +172,20 @@ func shebangArgs(script, target string) []string {
 }
 
 func (s *step) executeRun(ctx context.Context, c *instructions.RunCommand, mounts []*runMount, network sandbox.Network) (*cache.Record, error) {
-	opts := s.run.b.opts
-	cfg := &s.run.state.config.Config
-	layers := s.run.state.layers
-	id, err := resolveUser(s.run.imageFiles(ctx), cfg.User)
-	if err != nil {
-		return nil, err
-	}
-	// Where overlayfs is refused, --snapshotter=auto copies; say so once.
-	if why := opts.Snapshots.Probe(); why != nil {
-		s.run.b.warn(fmt.Sprintf("overlay snapshots do not work here (%v); copying instead", why))
-	}
-	if network == sandbox.NetworkDefault {
-		if why := sandbox.ProbeNetwork(); why != nil {
-			s.run.b.warn(why.Error())
-		}
-	}
+	s.warnFallbacks(network)
 	ms, err := s.setupMounts(ctx, mounts)
 	if err != nil {
 		return nil, err
 	}
 	defer ms.Release()
-
 	out := &lineWriter{redact: redactor(mounts), emit: func(line string) {
-		opts.Progress(Event{Kind: KindLog, Stage: s.run.name, Step: s.n, Steps: s.run.steps, Line: line})
+		s.run.b.opts.Progress(Event{Kind: KindLog, Stage: s.run.name, Step: s.n, Steps: s.run.steps, Line: line})
 	}}
-	if target, data, ok := heredocScript(c); ok {
-		ms.files = append(ms.files, sandbox.File{Target: target, Data: []byte(data), Mode: 0o755})
+	spec, err := s.runSpec(ctx, c, ms, network, out)
+	if err != nil {
+		return nil, err
 	}
-	cwd := cfg.WorkingDir
-	if cwd == "" {
-		cwd = "/"
-	}
-	spec := sandbox.Spec{
-		Args:      s.runArgs(c),
-		Env:       runEnv(append(s.run.scope.RunEnv(), ms.env...), id),
-		Cwd:       cwd,
-		UID:       id.UID,
-		GID:       id.GID,
-		ExtraGIDs: id.Groups,
-		Hostname:  runHostname,
-		Mounts:    ms.mounts,
-		Files:     ms.files,
-		Network:   network,
-		Insecure:  instructions.GetSecurity(c) == instructions.SecurityInsecure,
-		Stdout:    out,
-		Stderr:    out,
-	}
-	snap, err := opts.Snapshots.Prepare(ctx, layers, append(sandbox.MountPoints(), ms.points...)...)
+	snap, err := s.run.b.opts.Snapshots.Prepare(ctx, s.run.state.layers, append(sandbox.MountPoints(), ms.points...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -236,7 +203,57 @@ func (s *step) executeRun(ctx context.Context, c *instructions.RunCommand, mount
 		}
 		return nil, err
 	}
-	createdBy := "RUN " + strings.Join(s.runArgs(c), " ")
+	return s.diffRecord(ctx, snap, "RUN "+strings.Join(s.runArgs(c), " "))
+}
+
+// warnFallbacks says once why RUN runs less isolated than asked: copying
+// where overlayfs is refused, the host network where slirp4netns is not.
+func (s *step) warnFallbacks(network sandbox.Network) {
+	if why := s.run.b.opts.Snapshots.Probe(); why != nil {
+		s.run.b.warn(fmt.Sprintf("overlay snapshots do not work here (%v); copying instead", why))
+	}
+	if network == sandbox.NetworkDefault {
+		if why := sandbox.ProbeNetwork(); why != nil {
+			s.run.b.warn(why.Error())
+		}
+	}
+}
+
+// runSpec is what the sandbox runs: the command as the image's USER, in
+// its WORKDIR, with its environment and the step's mounts.
+func (s *step) runSpec(ctx context.Context, c *instructions.RunCommand, ms *mountSetup, network sandbox.Network, out *lineWriter) (sandbox.Spec, error) {
+	cfg := &s.run.state.config.Config
+	id, err := resolveUser(s.run.imageFiles(ctx), cfg.User)
+	if err != nil {
+		return sandbox.Spec{}, err
+	}
+	if target, data, ok := heredocScript(c); ok {
+		ms.files = append(ms.files, sandbox.File{Target: target, Data: []byte(data), Mode: 0o755})
+	}
+	cwd := cfg.WorkingDir
+	if cwd == "" {
+		cwd = "/"
+	}
+	return sandbox.Spec{
+		Args:      s.runArgs(c),
+		Env:       runEnv(append(s.run.scope.RunEnv(), ms.env...), id),
+		Cwd:       cwd,
+		UID:       id.UID,
+		GID:       id.GID,
+		ExtraGIDs: id.Groups,
+		Hostname:  runHostname,
+		Mounts:    ms.mounts,
+		Files:     ms.files,
+		Network:   network,
+		Insecure:  instructions.GetSecurity(c) == instructions.SecurityInsecure,
+		Stdout:    out,
+		Stderr:    out,
+	}, nil
+}
+
+// diffRecord turns what the RUN changed into its layer and record; a RUN
+// that changed nothing adds no layer, as BuildKit does.
+func (s *step) diffRecord(ctx context.Context, snap *snapshot.Snapshot, createdBy string) (*cache.Record, error) {
 	entries := 0
 	l, err := s.writeLayer(ctx, func(w *layer.Writer) error {
 		err := snap.Diff(w)
@@ -247,7 +264,6 @@ func (s *step) executeRun(ctx context.Context, c *instructions.RunCommand, mount
 		return nil, err
 	}
 	if entries == 0 {
-		// A RUN that changed nothing adds no layer, as BuildKit does.
 		return &cache.Record{Config: s.config(), History: s.history(createdBy, true)}, nil
 	}
 	return &cache.Record{Layer: l, Config: s.config(), History: s.history(createdBy, false)}, nil

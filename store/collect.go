@@ -56,20 +56,13 @@ type BlobInfo struct {
 // Collect runs fn under the store lock with the current images and the
 // live leases (dead leases are removed first).
 func (s *Store) Collect(fn func(c *Collection) error) error {
-	unlock, err := s.lock()
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	st, err := s.load()
-	if err != nil {
-		return err
-	}
-	leases, err := s.liveLeases()
-	if err != nil {
-		return err
-	}
-	return fn(&Collection{s: s, st: st, leases: leases})
+	return s.locked(func(st *state) error {
+		leases, err := s.liveLeases()
+		if err != nil {
+			return err
+		}
+		return fn(&Collection{s: s, st: st, leases: leases})
+	})
 }
 
 // Leases are the live leases.

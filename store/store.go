@@ -126,6 +126,16 @@ func (s *Store) load() (*state, error) {
 // update runs fn on the current state under the store lock and saves the
 // result atomically when fn succeeds.
 func (s *Store) update(fn func(*state) error) error {
+	return s.locked(func(st *state) error {
+		if err := fn(st); err != nil {
+			return err
+		}
+		return s.save(st)
+	})
+}
+
+// locked runs fn on the current state under the store lock.
+func (s *Store) locked(fn func(*state) error) error {
 	unlock, err := s.lock()
 	if err != nil {
 		return err
@@ -135,10 +145,7 @@ func (s *Store) update(fn func(*state) error) error {
 	if err != nil {
 		return err
 	}
-	if err := fn(st); err != nil {
-		return err
-	}
-	return s.save(st)
+	return fn(st)
 }
 
 // lock takes the store lock: flock(2) on root/lock, which serializes
