@@ -99,7 +99,7 @@ func TestExplainAcrossBuilds(t *testing.T) {
 		{"elsewhere", &Inputs{Parent: base1, Instruction: "RUN make"}, "not built before"},
 	}
 	for _, c := range cases {
-		if got := x.Explain(c.where, c.in); got != c.want {
+		if got := x.Explain(c.where, c.in).String(); got != c.want {
 			t.Errorf("Explain(%s) = %q, want %q", c.in.Instruction, got, c.want)
 		}
 	}
@@ -118,7 +118,7 @@ func TestIndexRoundTripAndExplain(t *testing.T) {
 	if _, err := x.Get(k1); !errors.Is(err, ErrMiss) {
 		t.Fatalf("empty index: got %v, want ErrMiss", err)
 	}
-	if got := x.Explain("here", in1); got != "not built before" {
+	if got := x.Explain("here", in1).String(); got != "not built before" {
 		t.Fatalf("explain on empty index: %q", got)
 	}
 	rec := &Record{Layer: &layer.Descriptor{Digest: digest.FromString("layer"), Size: 3}}
@@ -139,12 +139,12 @@ func TestIndexRoundTripAndExplain(t *testing.T) {
 		{"COPY . /", map[string]string{"app.py": "sha256:1"}, "util.py removed"},
 		{"COPY . /srv", nil, "instruction changed (was: COPY . /)"},
 	}
-	if got := x.Explain("another project", &Inputs{Parent: parent, Instruction: "COPY . /srv"}); got != "not built before" {
+	if got := x.Explain("another project", &Inputs{Parent: parent, Instruction: "COPY . /srv"}).String(); got != "not built before" {
 		t.Errorf("a step elsewhere is explained by this project's history: %q", got)
 	}
 	for _, c := range cases {
 		in := &Inputs{Parent: parent, Instruction: c.instruction, Why: Why{FileNames: files(c.inputs)}}
-		if got := x.Explain("here", in); !strings.Contains(got, c.want) {
+		if got := x.Explain("here", in).String(); !strings.Contains(got, c.want) {
 			t.Errorf("Explain(%q) = %q, want %q", c.instruction, got, c.want)
 		}
 	}

@@ -20,10 +20,29 @@ type hint struct {
 	Base        string            `json:"base,omitempty"`
 }
 
-// Explain says in one line why the step with inputs in missed at place
-// where (its Dockerfile, stage and step), comparing with the last step
-// recorded there — never with another project's step that happened to
-// share a parent:
+// Miss is why a step missed the cache, as data and (String) in one line.
+type Miss struct {
+	// Kind is one of: not-built, inputs (Changes say which), vars
+	// (Changes: a variable's value changed the text), instruction (Was is
+	// the text before), base (Changes: the base), parent (an earlier step
+	// changed), record-missing, no-cache.
+	Kind    string   `json:"kind"`
+	Changes []Change `json:"changes,omitempty"`
+	Was     string   `json:"was,omitempty"`
+}
+
+// Change is one input that differs from the last build at the place.
+type Change struct {
+	Input string `json:"input"` // "app.py", "build arg VERSION", "ENV APP", "network", "base"
+	How   string `json:"how"`   // changed, added, removed
+	Old   string `json:"old,omitempty"`
+	New   string `json:"new,omitempty"`
+}
+
+// Explain says why the step with inputs in missed at place where (its
+// Dockerfile, stage and step), comparing with the last step recorded
+// there — never with another project's step that happened to share a
+// parent:
 //
 //   - the same instruction on the same parent: which inputs changed, were
 //     added or removed ("app.py changed", "build arg V changed: 1 → 2");
@@ -32,82 +51,78 @@ type hint struct {
 //     it had;
 //   - another parent at the stage's first miss: the base that changed;
 //   - nothing there before: "not built before".
-func (x *Index) Explain(where string, in *Inputs) string {
-	return oneLine(x.explain(where, in))
-}
-
-func (x *Index) explain(where string, in *Inputs) string {
+func (x *Index) Explain(where string, in *Inputs) Miss {
 	var prev hint
 	if readJSON(x.hintPath(hintKey(in.Parent, where, in.Instruction)), &prev) == nil {
-		if d := diffInputs(prev.Inputs, in.Names()); d != "" {
-			return d
+		if c := diffInputs(prev.Inputs, in.Names()); len(c) > 0 {
+			return Miss{Kind: "inputs", Changes: c}
 		}
-		return "record missing from the cache"
+		return Miss{Kind: "record-missing"}
 	}
 	if readJSON(x.hintPath(hintKey(in.Parent, where)), &prev) == nil {
-		if d := diffVars(prev.Vars, in.Why.Vars); d != "" && prev.Display == in.Why.Display {
-			return d
+		if c := diffVars(prev.Vars, in.Why.Vars); len(c) > 0 && prev.Display == in.Why.Display {
+			return Miss{Kind: "vars", Changes: c}
 		}
 		was := prev.Display
 		if was == "" {
 			was = prev.Instruction
 		}
-		return "instruction changed (was: " + was + ")"
+		return Miss{Kind: "instruction", Was: was}
 	}
 	if readJSON(x.hintPath(hintKey("", where)), &prev) == nil && prev.Parent != in.Parent {
-		switch {
-		case prev.Base != "" && in.Why.Base != "" && prev.Base != in.Why.Base:
-			return "base changed: " + prev.Base + " → " + in.Why.Base
-		case strings.HasPrefix(in.Why.Base, "stage "):
-			return "its base, " + in.Why.Base + ", changed"
+		if prev.Base != "" && in.Why.Base != "" && prev.Base != in.Why.Base {
+			return Miss{Kind: "base", Changes: []Change{{Input: "base", How: "changed", Old: prev.Base, New: in.Why.Base}}}
+		}
+		return Miss{Kind: "parent", Was: in.Why.Base}
+	}
+	return Miss{Kind: "not-built"}
+}
+
+// String is the miss in one line, as the summary and progress say it.
+func (m Miss) String() string {
+	switch m.Kind {
+	case "inputs", "vars":
+		return oneLine(describe(m.Changes))
+	case "instruction":
+		return oneLine("instruction changed (was: " + m.Was + ")")
+	case "base":
+		c := m.Changes[0]
+		return oneLine("base changed: " + c.Old + " → " + c.New)
+	case "parent":
+		if strings.HasPrefix(m.Was, "stage ") {
+			return "its base, " + m.Was + ", changed"
 		}
 		return "an earlier step changed"
+	case "record-missing":
+		return "record missing from the cache"
+	case "no-cache":
+		return "--no-cache"
 	}
 	return "not built before"
 }
 
-// diffInputs names the inputs that changed, were added or removed: values
-// a person can read (build args, the network) as old → new, content by
-// name alone.
-func diffInputs(old, cur map[string]string) string {
-	var changed, added, removed []string
+// diffInputs lists the inputs that changed, were added or removed; values
+// a person can read (build args, the network) keep old and new, content
+// only its name.
+func diffInputs(old, cur map[string]string) []Change {
+	var out []Change
 	for k, v := range cur {
 		switch ov, ok := old[k]; {
 		case !ok:
-			added = append(added, k)
+			out = append(out, Change{Input: k, How: "added"})
 		case ov != v && readable(k):
-			changed = append(changed, k+" changed: "+ov+" → "+v)
+			out = append(out, Change{Input: k, How: "changed", Old: ov, New: v})
 		case ov != v:
-			changed = append(changed, k)
+			out = append(out, Change{Input: k, How: "changed"})
 		}
 	}
 	for k := range old {
 		if _, ok := cur[k]; !ok {
-			removed = append(removed, k)
+			out = append(out, Change{Input: k, How: "removed"})
 		}
 	}
-	var parts []string
-	for _, g := range []struct {
-		names []string
-		verb  string
-	}{{changed, "changed"}, {added, "added"}, {removed, "removed"}} {
-		if len(g.names) == 0 {
-			continue
-		}
-		sort.Strings(g.names)
-		list := g.names
-		more := ""
-		if len(list) > 3 {
-			more = fmt.Sprintf(" and %d more", len(list)-3)
-			list = list[:3]
-		}
-		text := strings.Join(list, ", ") + more + " " + g.verb
-		if g.verb == "changed" && strings.Contains(list[0], " → ") {
-			text = strings.Join(list, ", ") + more // "build arg V changed: 1 → 2" says it already
-		}
-		parts = append(parts, text)
-	}
-	return strings.Join(parts, "; ")
+	sort.Slice(out, func(i, j int) bool { return out[i].Input < out[j].Input })
+	return out
 }
 
 // readable tells the inputs whose values mean something to a person.
@@ -115,23 +130,60 @@ func readable(name string) bool {
 	return strings.HasPrefix(name, "build arg ") || name == "network"
 }
 
-// diffVars says which variable the instruction's text refers to changed.
-func diffVars(old, cur map[string]string) string {
-	var out []string
+// diffVars lists the variables the instruction's text refers to whose
+// values changed, appeared or went.
+func diffVars(old, cur map[string]string) []Change {
+	var out []Change
 	for k, v := range cur {
 		if ov, ok := old[k]; !ok {
-			out = append(out, k+" set: "+v)
+			out = append(out, Change{Input: k, How: "set", New: v})
 		} else if ov != v {
-			out = append(out, k+" changed: "+ov+" → "+v)
+			out = append(out, Change{Input: k, How: "changed", Old: ov, New: v})
 		}
 	}
-	for k := range old {
+	for k, v := range old {
 		if _, ok := cur[k]; !ok {
-			out = append(out, k+" unset")
+			out = append(out, Change{Input: k, How: "unset", Old: v})
 		}
 	}
-	sort.Strings(out)
-	return strings.Join(out, "; ")
+	sort.Slice(out, func(i, j int) bool { return out[i].Input < out[j].Input })
+	return out
+}
+
+// describe words changes: "build arg V changed: 1 → 2", "a.py, b.py and 3
+// more changed; c.py added".
+func describe(changes []Change) string {
+	var valued []string
+	groups := map[string][]string{}
+	for _, c := range changes {
+		switch {
+		case c.How == "changed" && (c.Old != "" || c.New != ""):
+			valued = append(valued, c.Input+" changed: "+c.Old+" → "+c.New)
+		case c.How == "set":
+			valued = append(valued, c.Input+" set: "+c.New)
+		case c.How == "unset":
+			valued = append(valued, c.Input+" unset")
+		default:
+			groups[c.How] = append(groups[c.How], c.Input)
+		}
+	}
+	parts := []string{}
+	if len(valued) > 0 {
+		parts = append(parts, strings.Join(valued, ", "))
+	}
+	for _, how := range []string{"changed", "added", "removed"} {
+		names := groups[how]
+		if len(names) == 0 {
+			continue
+		}
+		more := ""
+		if len(names) > 3 {
+			more = fmt.Sprintf(" and %d more", len(names)-3)
+			names = names[:3]
+		}
+		parts = append(parts, strings.Join(names, ", ")+more+" "+how)
+	}
+	return strings.Join(parts, "; ")
 }
 
 // oneLine keeps a reason on one line: a heredoc's text has newlines.

@@ -1,6 +1,10 @@
 package executor
 
-import "time"
+import (
+	"time"
+
+	"github.com/minibuild/minibuild/cache"
+)
 
 // Event is one thing a build reports as it goes; cmd/minibuild renders
 // events as tty, plain or json progress.
@@ -12,8 +16,9 @@ type Event struct {
 	Status      Status
 	Key         string
 	Duration    time.Duration
-	Reason      string // why a step missed the cache, or why it failed
-	Line        string // one line of a RUN's output (KindLog) or a warning (KindWarning)
+	Reason      string      // why a step missed the cache (in one line), or why it failed
+	Miss        *cache.Miss // the first miss of a stage, as data: what changed, old and new
+	Line        string      // one line of a RUN's output (KindLog) or a warning (KindWarning)
 }
 
 // EventKind says what an Event reports.

@@ -81,8 +81,12 @@ func (s *step) exec(ctx context.Context, parent digest.Digest) (digest.Digest, e
 			}
 		}
 	}
-	reason := s.missReason(in)
-	s.run.report(Event{Step: s.n, Instruction: instr, Status: StatusRunning, Key: string(key), Reason: reason})
+	miss := s.missReason(in)
+	running := Event{Step: s.n, Instruction: instr, Status: StatusRunning, Key: string(key), Miss: miss}
+	if miss != nil {
+		running.Reason = miss.String()
+	}
+	s.run.report(running)
 	rec, err := o.execute(ctx)
 	if err != nil {
 		s.run.report(Event{Step: s.n, Instruction: instr, Status: StatusError, Key: string(key), Duration: time.Since(start), Reason: err.Error()})
@@ -178,18 +182,18 @@ func newOp(ctx context.Context, s *step) (op, error) {
 
 // missReason marks the stage as having missed and, at its first miss,
 // says why, for the progress event and the build's summary.
-func (s *step) missReason(in *cache.Inputs) string {
+func (s *step) missReason(in *cache.Inputs) *cache.Miss {
 	if s.run.missed {
-		return ""
+		return nil
 	}
 	s.run.missed = true
 	b := s.run.b
-	reason := "--no-cache"
+	miss := cache.Miss{Kind: "no-cache"}
 	if !b.opts.NoCache {
-		reason = b.opts.Cache.Explain(s.where(), in)
+		miss = b.opts.Cache.Explain(s.where(), in)
 	}
-	b.noteMiss(s.run.name, fmt.Sprintf("step %d/%d %s — %s", s.n, s.run.steps, firstLine(s.src.Original), reason))
-	return reason
+	b.noteMiss(s.run.name, fmt.Sprintf("step %d/%d %s — %s", s.n, s.run.steps, firstLine(s.src.Original), miss.String()))
+	return &miss
 }
 
 // where names the step's place — its project, Dockerfile, stage and

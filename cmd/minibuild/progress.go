@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/minibuild/minibuild/cache"
 	"github.com/minibuild/minibuild/executor"
 	"github.com/minibuild/minibuild/export"
 )
@@ -155,6 +156,9 @@ type jsonStep struct {
 	Key         string `json:"key,omitempty"`
 	DurationMS  int64  `json:"duration_ms"`
 	Reason      string `json:"reason,omitempty"`
+	// Miss is the first miss of a stage as data: {"kind":"inputs",
+	// "changes":[{"input":"build arg V","how":"changed","old":"1","new":"2"}]}.
+	Miss *cache.Miss `json:"miss,omitempty"`
 }
 
 type jsonLine struct {
@@ -194,7 +198,7 @@ func (j *jsonProgress) Event(e executor.Event) {
 	switch e.Kind {
 	case executor.KindStep:
 		j.enc.Encode(jsonStep{Event: "step", Time: now, Stage: e.Stage, Step: e.Step, Steps: e.Steps, Instruction: oneLine(e.Instruction),
-			Status: string(e.Status), Key: e.Key, DurationMS: e.Duration.Milliseconds(), Reason: e.Reason})
+			Status: string(e.Status), Key: e.Key, DurationMS: e.Duration.Milliseconds(), Reason: e.Reason, Miss: e.Miss})
 	case executor.KindLog:
 		j.enc.Encode(jsonLine{Event: "log", Time: now, Stage: e.Stage, Step: e.Step, Line: e.Line})
 	case executor.KindWarning:
