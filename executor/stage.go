@@ -109,7 +109,7 @@ func (r *stageRun) from(ctx context.Context) (digest.Digest, []parser.Step, erro
 			return "", nil, parser.Errorf(b.opts.DockerfileName, stage.Line, "%sFROM %s: %v", r.prefix(), base.image, err)
 		}
 		key = cache.FromKey(id.String())
-		r.base = base.image + " (id " + id.String() + ")"
+		r.base = base.image + " (id " + id.Hex[:12] + ")"
 		if pulled {
 			status = StatusDone
 		}

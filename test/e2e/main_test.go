@@ -243,6 +243,12 @@ type stepEvent struct {
 	Key         string `json:"key"`
 	DurationMS  int64  `json:"duration_ms"`
 	Reason      string `json:"reason"`
+	Miss        *struct {
+		Kind    string `json:"kind"`
+		Changes []struct {
+			Input, How, Old, New string
+		} `json:"changes"`
+	} `json:"miss"`
 }
 
 // resultEvent is the final {"event":"result"} line of --progress=json.
