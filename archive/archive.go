@@ -2,6 +2,10 @@
 // `docker save` writes and `docker load` reads) and the OCI image layout,
 // as a tar stream or a directory.
 //
+// The OCI layout is encoded and decoded in one place (layout.go), which
+// also serves other users of a layout directory (Layout: the type=local
+// build cache).
+//
 // Images stay v1.Image at the boundary, so a store-backed image is written
 // straight from its blob files and an image read from an archive is read
 // lazily from the file (each blob is opened when something asks for it).
