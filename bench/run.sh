@@ -4,8 +4,7 @@
 #   2. no-op rebuild over a 20,000-file context (warm re-hash) aim < 100 ms
 #   3. per-step overhead of a trivial RUN (20 × RUN true, --no-cache,
 #      minus the same build with no RUN, divided by 20)        aim < 30 ms
-# Everything lives under .bench/ (git-ignored). For a side-by-side comparison
-# with buildah and BuildKit, see /work/shared/bench/ (README there).
+# Everything lives under .bench/ (git-ignored).
 #
 # Environment: MINIBUILD (binary, default bin/minibuild), BENCH_DIR (default
 # .bench), BENCH_RUNS (hyperfine runs, default 20).
