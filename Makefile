@@ -17,7 +17,7 @@ COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
 # Debian packages each target needs (installed when missing and running as root).
-DEMO_PKGS  := busybox-static
+DEMO_PKGS  := busybox-static docker-registry jq
 TEST_PKGS  := busybox-static skopeo umoci docker-registry xz-utils procps slirp4netns jq ca-certificates debootstrap buildah
 BENCH_PKGS := busybox-static hyperfine
 
@@ -55,20 +55,16 @@ base: deps-demo build
 	$(BASE_DIR)/prepare.sh
 	$(MB) build --progress=plain -t busybox:latest $(BASE_DIR)
 
-# demo: build python-app as myapp:1.0, append a line to app.py (in a temporary
-# copy, so the repository stays clean) and build myapp:1.1: the steps before
-# `COPY app.py` are CACHED, the rest is rebuilt.
-demo: base
-	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
-	cp -a $(APP_DIR)/. "$$tmp/"; \
-	echo; echo "==> minibuild build -t myapp:1.0 (python-app)"; \
-	$(MB) build --progress=plain -t myapp:1.0 "$$tmp"; \
-	line="print('edited at $$(date +%s%N)')"; \
-	echo; echo "==> echo \"$$line\" >> app.py"; \
-	echo "$$line" >> "$$tmp/app.py"; \
-	echo; echo "==> minibuild build -t myapp:1.1 (python-app, app.py changed)"; \
-	$(MB) build --progress=plain -t myapp:1.1 "$$tmp"; \
-	echo; $(MB) images
+# demo: the three kinds of layer reuse, one line each saying what was reused
+# (examples/demo.sh): within a project (python-app built as myapp:1.0, app.py
+# edited in a temporary copy, rebuilt as myapp:1.1: the steps before
+# `COPY app.py` are CACHED); across images (examples/app-b reuses python-app's
+# first steps, `df -v` shows their layers stored once); across hosts (a local
+# docker-registry; a second --root pulls app-b without the layers it shares
+# with app-a and builds app-a with --cache-from, running no step). The first
+# host's store is $$MINIBUILD_ROOT when set, else a temporary one.
+demo: deps-demo build
+	MINIBUILD=$(MB) examples/demo.sh
 
 # image: minibuild's own image, built with minibuild: FROM scratch, the static
 # binary (with the version ldflags) and the host's Debian CA certificates,

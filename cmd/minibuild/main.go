@@ -116,7 +116,7 @@ first step whose key changed.
 	root.AddCommand(newBuildCommand(g), newImagesCommand(g), newInspectCommand(g), newHistoryCommand(g),
 		newTagCommand(g), newRmiCommand(g), newSaveCommand(g), newLoadCommand(g),
 		newPushCommand(g), newPullCommand(g), newLoginCommand(), newLogoutCommand(), newPruneCommand(g), newVersionCommand(),
-		newDfCommand(g))
+		newDfCommand(g), newExplainCommand(g))
 	return root
 }
 
