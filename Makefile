@@ -7,7 +7,6 @@ GO       ?= go
 BIN      := bin/minibuild
 MB       := $(CURDIR)/$(BIN)
 BASE_DIR := examples/base
-APP_DIR  := examples/python-app
 E2EFLAGS ?= -v
 export PATH := /usr/local/go/bin:$(PATH)
 # What `minibuild version` reports (the binary also reads vcs.revision from
