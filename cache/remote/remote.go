@@ -401,11 +401,11 @@ func configFromManifest(raw []byte, mt types.MediaType, readBlob func(v1.Descrip
 // is fetched into the store first, verified. It satisfies
 // executor.CacheMountSource.
 func (src *Source) CacheMount(ctx context.Context, id string) (io.ReadCloser, bool, error) {
-	i := slices.IndexFunc(src.mounts, func(m CacheMount) bool { return m.ID == id })
-	if i < 0 {
+	m, ok := src.CacheMountLayer(id)
+	if !ok {
 		return nil, false, nil
 	}
-	l := src.mounts[i].Layer
+	l := m.Layer
 	if err := src.FetchLayer(ctx, l); err != nil {
 		return nil, true, fmt.Errorf("cache mount %s: %w", id, err)
 	}
