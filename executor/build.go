@@ -104,6 +104,17 @@ type Result struct {
 	// ImageKeys those of the steps the image is made of: what
 	// --cache-to mode=max and mode=min export.
 	StepKeys, ImageKeys []digest.Digest
+	// CacheMounts are the RUN cache mounts the build's steps name (run or
+	// reused), each id once, sorted: what --cache-to cache-mounts=true
+	// exports.
+	CacheMounts []CacheMountUse
+}
+
+// CacheMountUse is one RUN --mount=type=cache id and the sharing= of its
+// first use.
+type CacheMountUse struct {
+	ID      string
+	Sharing string // "shared", "private" or "locked"
 }
 
 // builder holds one build's state. Stages run concurrently, so what they
@@ -126,6 +137,7 @@ type builder struct {
 	stages map[int]*stageResult
 	res    Result
 	keys   map[int][]digest.Digest // step keys by stage, for --cache-to
+	mounts map[string]string       // cache mount id → sharing, for --cache-to
 }
 
 // Build runs the build described by opts.
@@ -207,6 +219,7 @@ func (b *builder) finish(target int) (*Result, error) {
 	}
 	b.res.Image, b.res.Digest, b.res.ID = img, h, id
 	b.res.StepKeys, b.res.ImageKeys = b.cacheKeys(target)
+	b.res.CacheMounts = b.cacheMounts()
 	return &b.res, nil
 }
 

@@ -35,6 +35,8 @@ type runMount struct {
 	// stage view it was read from (closed when the step is done)
 	tree digest.Digest
 	view *buildctx.Context
+	// cache: its id (default: the target)
+	cacheID string
 	// secret: id, the value (nil when optional and absent), env name
 	secretID string
 	secret   []byte
@@ -96,6 +98,10 @@ func (s *step) prepareMounts(ctx context.Context, c *instructions.RunCommand) (m
 			if m.From != "" || m.Source != "" {
 				return mounts, fmt.Errorf("--mount=type=cache with from= or source= is not supported yet")
 			}
+			if rm.cacheID = m.CacheID; rm.cacheID == "" {
+				rm.cacheID = rm.target
+			}
+			s.run.b.usedCacheMount(rm.cacheID, string(m.CacheSharing))
 		case instructions.MountTypeTmpfs:
 			if rm.target == "" {
 				return mounts, fmt.Errorf("--mount=type=tmpfs needs a target")
@@ -190,10 +196,7 @@ func (s *step) setupMounts(ctx context.Context, mounts []*runMount) (*mountSetup
 			ms.files = append(ms.files, sandbox.File{Target: rm.target, Data: rm.secret, Mode: mode, UID: uid, GID: gid})
 			ms.points = append(ms.points, mount.Point{Path: rm.target})
 		case instructions.MountTypeCache:
-			id := m.CacheID
-			if id == "" {
-				id = rm.target
-			}
+			id := rm.cacheID
 			opts := snapshot.CacheMountOptions{Sharing: snapshot.Sharing(m.CacheSharing)}
 			if m.Mode != nil {
 				mode := uint32(*m.Mode)
@@ -205,6 +208,7 @@ func (s *step) setupMounts(ctx context.Context, mounts []*runMount) (*mountSetup
 			if m.GID != nil {
 				opts.GID = int(*m.GID)
 			}
+			s.restoreCacheMount(ctx, id, opts)
 			cm, err := sn.CacheMount(ctx, id, opts)
 			if err != nil {
 				ms.Release()

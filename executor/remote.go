@@ -2,11 +2,15 @@ package executor
 
 import (
 	"context"
+	"io"
+	"maps"
+	"slices"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/minibuild/minibuild/cache"
 	"github.com/minibuild/minibuild/layer"
+	"github.com/minibuild/minibuild/snapshot"
 )
 
 // CacheSource is a cache imported with --cache-from (a registry artifact,
@@ -63,4 +67,67 @@ func (s *step) holdLayer(l *layer.Descriptor) bool {
 		return false
 	}
 	return b.opts.Store.HasBlob(l.Digest)
+}
+
+// CacheMountSource is a CacheSource that also carries RUN cache mounts'
+// content (--cache-to …,cache-mounts=true); the executor discovers it by
+// type assertion.
+type CacheMountSource interface {
+	// CacheMount opens the content of the cache mount id, a layer tarball
+	// (snapshot.RestoreCacheMount), if the source carries it.
+	CacheMount(ctx context.Context, id string) (io.ReadCloser, bool, error)
+}
+
+// restoreCacheMount makes the cache mount id from the first imported
+// source that carries it, when this root has no copy, before the step
+// that uses it runs. The content only seeds the mount: it enters no key
+// and no layer. A source that fails to deliver is a warning, and the
+// mount starts empty.
+func (s *step) restoreCacheMount(ctx context.Context, id string, opts snapshot.CacheMountOptions) {
+	b := s.run.b
+	sn := b.opts.Snapshots
+	for _, src := range b.opts.CacheFrom {
+		cs, ok := src.(CacheMountSource)
+		if !ok || sn.HasCacheMount(id) {
+			continue
+		}
+		rc, ok, err := cs.CacheMount(ctx, id)
+		if err == nil && ok {
+			_, err = sn.RestoreCacheMount(ctx, id, opts, rc)
+			rc.Close()
+		}
+		if err != nil {
+			b.warn("cache import: " + err.Error())
+			continue
+		}
+		if ok {
+			return
+		}
+	}
+}
+
+// usedCacheMount notes that a step names the cache mount id.
+func (b *builder) usedCacheMount(id, sharing string) {
+	if sharing == "" {
+		sharing = string(snapshot.SharingShared)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.mounts == nil {
+		b.mounts = map[string]string{}
+	}
+	if _, ok := b.mounts[id]; !ok {
+		b.mounts[id] = sharing
+	}
+}
+
+// cacheMounts are the cache mounts the build's steps name, sorted by id.
+func (b *builder) cacheMounts() []CacheMountUse {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []CacheMountUse
+	for _, id := range slices.Sorted(maps.Keys(b.mounts)) {
+		out = append(out, CacheMountUse{ID: id, Sharing: b.mounts[id]})
+	}
+	return out
 }

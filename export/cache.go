@@ -3,13 +3,17 @@ package export
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/minibuild/minibuild/cache"
 	"github.com/minibuild/minibuild/cache/remote"
 	"github.com/minibuild/minibuild/executor"
+	"github.com/minibuild/minibuild/layer"
+	"github.com/minibuild/minibuild/snapshot"
 	"github.com/minibuild/minibuild/store"
 )
 
@@ -68,26 +72,27 @@ func inlineRecords(st *store.Store, idx *cache.Index, res *executor.Result) (map
 }
 
 // exportCaches writes the records of res (mode=min: the image's steps;
-// mode=max: every step) to each registry or local --cache-to. A failure
-// names the cache; with ignore-error=true it is one warning line and the
-// build goes on, as BuildKit's exporters.
-func exportCaches(ctx context.Context, st *store.Store, idx *cache.Index, res *executor.Result, specs []remote.Spec, reg Registry, warn func(string)) error {
-	for _, sp := range specs {
-		keys := res.ImageKeys
-		if sp.Mode == "max" {
-			keys = res.StepKeys
-		}
-		c := remote.Collect(st, idx, keys)
-		var err error
-		where := sp.Ref
-		switch sp.Type {
-		case "registry":
-			_, err = remote.ExportRegistry(ctx, st, c, sp.Ref, reg.options())
-		case "local":
-			where = sp.Dir
-			err = remote.ExportLocal(st, c, sp.Dir)
-		default:
+// mode=max: every step) to each registry or local --cache-to, and with
+// cache-mounts=true the build's cache mounts (written once for every such
+// cache). A failure names the cache; with ignore-error=true it is one
+// warning line and the build goes on, as BuildKit's exporters.
+func (p *Plan) exportCaches(ctx context.Context, st *store.Store, idx *cache.Index, res *executor.Result, warn func(string)) error {
+	var mounts []remote.CacheMount
+	var mountsErr error
+	if slices.ContainsFunc(p.cacheTo, func(sp remote.Spec) bool { return sp.CacheMounts }) {
+		mounts, mountsErr = p.cacheMountLayers(ctx, st, res.CacheMounts)
+	}
+	for _, sp := range p.cacheTo {
+		if sp.Type != "registry" && sp.Type != "local" {
 			continue
+		}
+		where := sp.Ref
+		if sp.Type == "local" {
+			where = sp.Dir
+		}
+		err := mountsErr
+		if !sp.CacheMounts || err == nil {
+			err = exportCache(ctx, st, remote.Collect(st, idx, keysFor(sp, res)), sp, mounts, p.registry)
 		}
 		if err == nil {
 			continue
@@ -100,6 +105,30 @@ func exportCaches(ctx context.Context, st *store.Store, idx *cache.Index, res *e
 	return nil
 }
 
+// keysFor is what a --cache-to exports: mode=min the image's steps,
+// mode=max every step.
+func keysFor(sp remote.Spec, res *executor.Result) []digest.Digest {
+	if sp.Mode == "max" {
+		return res.StepKeys
+	}
+	return res.ImageKeys
+}
+
+// exportCache writes c to one registry or local --cache-to, with the
+// cache mounts when it asks for them.
+func exportCache(ctx context.Context, st *store.Store, c *remote.Config, sp remote.Spec, mounts []remote.CacheMount, reg Registry) error {
+	if sp.CacheMounts {
+		for _, m := range mounts {
+			c.AddCacheMount(m)
+		}
+	}
+	if sp.Type == "local" {
+		return remote.ExportLocal(st, c, sp.Dir)
+	}
+	_, err := remote.ExportRegistry(ctx, st, c, sp.Ref, reg.options())
+	return err
+}
+
 func layerDigests(img v1.Image) []v1.Hash {
 	m, err := img.Manifest()
 	if err != nil {
@@ -110,4 +139,66 @@ func layerDigests(img v1.Image) []v1.Hash {
 		out = append(out, l.Digest)
 	}
 	return out
+}
+
+// cacheMountLayers writes each cache mount the build named into the store
+// as a layer tarball (snapshot.WriteCacheMount). One this root has no copy
+// of (its steps were all reused) is carried on from the first imported
+// cache that has it; else it is left out.
+func (p *Plan) cacheMountLayers(ctx context.Context, st *store.Store, uses []executor.CacheMountUse) ([]remote.CacheMount, error) {
+	var out []remote.CacheMount
+	for _, u := range uses {
+		m, ok, err := writeCacheMount(ctx, st, p.snapshots, u)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			m, ok = p.importedCacheMount(ctx, u.ID)
+		}
+		if ok {
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}
+
+// writeCacheMount stores the layer of the cache mount u, if this root has
+// a copy.
+func writeCacheMount(ctx context.Context, st *store.Store, sn *snapshot.Snapshotter, u executor.CacheMountUse) (remote.CacheMount, bool, error) {
+	if sn == nil || !sn.HasCacheMount(u.ID) {
+		return remote.CacheMount{}, false, nil
+	}
+	bw, err := st.NewBlobWriter()
+	if err != nil {
+		return remote.CacheMount{}, false, err
+	}
+	defer bw.Abort()
+	w := layer.NewWriter(bw, layer.Options{})
+	ok, err := sn.WriteCacheMount(ctx, u.ID, w)
+	if err != nil || !ok {
+		return remote.CacheMount{}, false, err
+	}
+	desc, err := w.Close()
+	if err == nil {
+		err = bw.Commit(desc.Digest)
+	}
+	if err != nil {
+		return remote.CacheMount{}, false, fmt.Errorf("cache mount %s: %w", u.ID, err)
+	}
+	return remote.CacheMount{ID: u.ID, Sharing: u.Sharing, Layer: desc}, true, nil
+}
+
+// importedCacheMount is the cache mount id of an imported cache, its blob
+// fetched into the store; a failed fetch leaves it out.
+func (p *Plan) importedCacheMount(ctx context.Context, id string) (remote.CacheMount, bool) {
+	for _, cs := range p.imported {
+		src, ok := cs.(*remote.Source)
+		if !ok {
+			continue
+		}
+		if m, ok := src.CacheMountLayer(id); ok && src.FetchLayer(ctx, m.Layer) == nil {
+			return m, true
+		}
+	}
+	return remote.CacheMount{}, false
 }

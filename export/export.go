@@ -26,6 +26,7 @@ import (
 	"github.com/minibuild/minibuild/cache"
 	"github.com/minibuild/minibuild/cache/remote"
 	"github.com/minibuild/minibuild/executor"
+	"github.com/minibuild/minibuild/snapshot"
 	"github.com/minibuild/minibuild/store"
 )
 
@@ -47,6 +48,9 @@ type Request struct {
 	// Warn reports what does not fail the build (an ignore-error cache
 	// export); nil drops it. Build reports through opts.Progress instead.
 	Warn func(string)
+	// Snapshots holds the cache mounts a --cache-to cache-mounts=true
+	// exports, for Finish; Build uses opts.Snapshots.
+	Snapshots *snapshot.Snapshotter
 }
 
 // Plan is a checked Request.
@@ -62,12 +66,16 @@ type Plan struct {
 	metadata    string
 	stdout      io.Writer
 	warn        func(string)
+	snapshots   *snapshot.Snapshotter
+	// imported are the --cache-from caches Build read: a cache mount this
+	// root has no copy of is carried on from them.
+	imported []executor.CacheSource
 }
 
 // NewPlan checks r: it parses the output and cache specs, validates the
 // tags and makes sure a push has somewhere to go.
 func NewPlan(r Request) (*Plan, error) {
-	p := &Plan{iidfile: r.IIDFile, registry: r.Registry, metadata: r.MetadataFile, stdout: r.Stdout, warn: r.Warn}
+	p := &Plan{iidfile: r.IIDFile, registry: r.Registry, metadata: r.MetadataFile, stdout: r.Stdout, warn: r.Warn, snapshots: r.Snapshots}
 	var err error
 	if p.outputs, err = ParseOutputs(r.Outputs); err != nil {
 		return nil, err
@@ -114,7 +122,11 @@ func Build(ctx context.Context, opts executor.Options, p *Plan) (*executor.Resul
 		}
 	}
 	p.warn = warn
-	opts.CacheFrom = append(opts.CacheFrom, importCaches(ctx, opts.Store, p.cacheFrom, Registry{Insecure: p.registry.Insecure}, warn)...)
+	if opts.Snapshots != nil {
+		p.snapshots = opts.Snapshots
+	}
+	p.imported = importCaches(ctx, opts.Store, p.cacheFrom, Registry{Insecure: p.registry.Insecure}, warn)
+	opts.CacheFrom = append(opts.CacheFrom, p.imported...)
 	res, err := executor.Build(ctx, opts)
 	if err != nil {
 		return nil, err
@@ -148,7 +160,7 @@ func (p *Plan) finish(ctx context.Context, st *store.Store, idx *cache.Index, re
 			return err
 		}
 	}
-	if err := exportCaches(ctx, st, idx, res, p.cacheTo, p.registry, warn); err != nil {
+	if err := p.exportCaches(ctx, st, idx, res, warn); err != nil {
 		return err
 	}
 	for _, t := range p.tags {

@@ -139,18 +139,26 @@ func (sn *Snapshotter) CacheMount(ctx context.Context, id string, opts CacheMoun
 	return nil, fmt.Errorf("cache mount %s: unknown sharing %q", id, opts.Sharing)
 }
 
-// cacheInstance returns the instance dir name, creating it whole (built
-// aside, then renamed into place) when missing.
+// cacheInstance returns the instance dir name, creating it empty when
+// missing.
 func (sn *Snapshotter) cacheInstance(name, id string, opts CacheMountOptions) (string, error) {
+	dir, _, err := sn.makeCacheInstance(name, id, opts, nil)
+	return dir, err
+}
+
+// makeCacheInstance returns the instance dir name and whether this call
+// made it: when missing, it is built aside (fill, when non-nil, fills its
+// data dir first) and renamed into place, so no user sees it half made.
+func (sn *Snapshotter) makeCacheInstance(name, id string, opts CacheMountOptions, fill func(data string) error) (string, bool, error) {
 	dir := filepath.Join(sn.cacheDir, name)
 	if _, err := os.Lstat(filepath.Join(dir, "lock")); err == nil {
-		return dir, nil
+		return dir, false, nil
 	}
 	tmp, err := os.MkdirTemp(sn.cacheDir, ".new-")
 	if err != nil {
-		return "", fmt.Errorf("create cache mount %s: %w", id, err)
+		return "", false, fmt.Errorf("create cache mount %s: %w", id, err)
 	}
-	defer os.RemoveAll(tmp)
+	defer removeAllForce(tmp)
 	mode := uint32(0o755)
 	if opts.Mode != nil {
 		mode = *opts.Mode
@@ -159,6 +167,9 @@ func (sn *Snapshotter) cacheInstance(name, id string, opts CacheMountOptions) (s
 	err = os.WriteFile(filepath.Join(tmp, "id"), []byte(id), 0o600)
 	if err == nil {
 		err = os.Mkdir(data, 0o700)
+	}
+	if err == nil && fill != nil {
+		err = fill(data)
 	}
 	if err == nil {
 		err = os.Lchown(data, opts.UID, opts.GID)
@@ -170,15 +181,15 @@ func (sn *Snapshotter) cacheInstance(name, id string, opts CacheMountOptions) (s
 		err = os.WriteFile(filepath.Join(tmp, "lock"), nil, 0o600)
 	}
 	if err != nil {
-		return "", fmt.Errorf("create cache mount %s: %w", id, err)
+		return "", false, fmt.Errorf("create cache mount %s: %w", id, err)
 	}
 	if err := os.Rename(tmp, dir); err != nil {
 		if _, statErr := os.Lstat(filepath.Join(dir, "lock")); statErr == nil {
-			return dir, nil // another build made it first
+			return dir, false, nil // another build made it first
 		}
-		return "", fmt.Errorf("create cache mount %s: %w", id, err)
+		return "", false, fmt.Errorf("create cache mount %s: %w", id, err)
 	}
-	return dir, nil
+	return dir, true, nil
 }
 
 // CacheMounts lists the cache mount instances, sorted by id.

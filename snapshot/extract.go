@@ -139,17 +139,18 @@ func ExtractTree(ctx context.Context, r io.Reader, root string) (devices []strin
 		return nil, err
 	}
 	defer zr.Close()
-	err = extractTarTo(ctx, tar.NewReader(zr), root, &devices)
+	err = extractTarTo(ctx, tar.NewReader(zr), root, &devices, nil)
 	return devices, err
 }
 
 func extractTar(ctx context.Context, tr *tar.Reader, root string) error {
-	return extractTarTo(ctx, tr, root, nil)
+	return extractTarTo(ctx, tr, root, nil, nil)
 }
 
 // extractTarTo extracts tr into root; with devices non-nil, char and
-// block nodes are recorded there instead of made.
-func extractTarTo(ctx context.Context, tr *tar.Reader, root string, devices *[]string) error {
+// block nodes are recorded there instead of made; check, when non-nil,
+// refuses an entry before anything of it is written.
+func extractTarTo(ctx context.Context, tr *tar.Reader, root string, devices *[]string, check func(*tar.Header) error) error {
 	var dirs []dirTime
 	for n := 0; ; n++ {
 		if n%256 == 0 && ctx.Err() != nil {
@@ -161,6 +162,11 @@ func extractTarTo(ctx context.Context, tr *tar.Reader, root string, devices *[]s
 		}
 		if err != nil {
 			return fmt.Errorf("read tar: %w", err)
+		}
+		if check != nil {
+			if err := check(hdr); err != nil {
+				return fmt.Errorf("extract %s: %w", hdr.Name, err)
+			}
 		}
 		if err := extractEntry(root, hdr, tr, &dirs, devices); err != nil {
 			return fmt.Errorf("extract %s: %w", hdr.Name, err)

@@ -60,7 +60,7 @@ func ImportLocal(s *store.Store, dir string) (*Source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cache %s: %w", dir, err)
 	}
-	return &Source{Name: dir, records: c.Records, store: s, fetch: func(_ context.Context, d v1.Descriptor) error {
+	return &Source{Name: dir, records: c.Records, mounts: c.CacheMounts, store: s, fetch: func(_ context.Context, d v1.Descriptor) error {
 		dg, err := digest.Parse(d.Digest.String())
 		if err != nil {
 			return err

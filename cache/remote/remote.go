@@ -43,6 +43,10 @@ const (
 	InlineAnnotation = "dev.minibuild.cache.v1"
 	// LayoutRefName names the cache manifest in a type=local OCI layout.
 	LayoutRefName = "minibuild-cache"
+	// CacheMountIDAnnotation and CacheMountSharingAnnotation mark a layer
+	// of the artifact that holds a RUN cache mount's content (CacheMount).
+	CacheMountIDAnnotation      = "dev.minibuild.cache-mount.id"
+	CacheMountSharingAnnotation = "dev.minibuild.cache-mount.sharing"
 )
 
 // configVersion is the version of Config; another version is foreign.
@@ -51,10 +55,23 @@ const configVersion = 1
 // maxConfigSize bounds what an import reads before parsing.
 const maxConfigSize = 64 << 20
 
-// Config is the artifact's config blob: cache key → record.
+// Config is the artifact's config blob: cache key → record, and the
+// cache mounts it carries (--cache-to …,cache-mounts=true; older readers
+// ignore them).
 type Config struct {
-	Version int                             `json:"version"`
-	Records map[digest.Digest]*cache.Record `json:"records"`
+	Version     int                             `json:"version"`
+	Records     map[digest.Digest]*cache.Record `json:"records"`
+	CacheMounts []CacheMount                    `json:"cacheMounts,omitempty"`
+}
+
+// CacheMount is the content of a RUN --mount=type=cache, by id: a layer
+// tarball of its dir (snapshot.WriteCacheMount) that the artifact carries
+// as one more layer. It restores a missing local copy; it is never an
+// image's layer, and no key names it (DESIGN.md invariant 1).
+type CacheMount struct {
+	ID      string           `json:"id"`
+	Sharing string           `json:"sharing,omitempty"` // the sharing= of the build that exported it
+	Layer   layer.Descriptor `json:"layer"`
 }
 
 // Spec is one parsed --cache-to or --cache-from.
@@ -66,6 +83,9 @@ type Spec struct {
 	// IgnoreError (--cache-to ignore-error=true): an export failure is a
 	// warning, not a failed build, as BuildKit's cache exporters.
 	IgnoreError bool
+	// CacheMounts (--cache-to cache-mounts=true, registry and local): the
+	// artifact also carries the build's RUN cache mounts.
+	CacheMounts bool
 }
 
 // ParseSpec parses buildx-style cache options: "type=registry,ref=R[,mode=max]",
@@ -124,6 +144,9 @@ func ParseSpec(s string, export bool) (Spec, error) {
 		if sp.Mode == "max" {
 			return sp, fmt.Errorf("%s %q: type=inline holds only the image's steps (mode=min)", flag, s)
 		}
+		if sp.CacheMounts {
+			return sp, fmt.Errorf("%s %q: cache-mounts needs type=registry or type=local (an image's layers are its own)", flag, s)
+		}
 	default:
 		return sp, fmt.Errorf("%s %q: type must be registry, local or inline", flag, s)
 	}
@@ -166,7 +189,26 @@ func (c *Config) layers() []v1.Descriptor {
 	for _, k := range slices.Sorted(maps.Keys(byDigest)) {
 		out = append(out, byDigest[k])
 	}
+	for _, m := range c.CacheMounts {
+		d, _, err := m.Layer.V1()
+		if err != nil {
+			continue
+		}
+		d.Annotations = map[string]string{CacheMountIDAnnotation: m.ID}
+		if m.Sharing != "" {
+			d.Annotations[CacheMountSharingAnnotation] = m.Sharing
+		}
+		out = append(out, d)
+	}
 	return out
+}
+
+// AddCacheMount makes c carry m (replacing one of the same id); the
+// cache mounts stay sorted by id, so the artifact is deterministic.
+func (c *Config) AddCacheMount(m CacheMount) {
+	c.CacheMounts = slices.DeleteFunc(c.CacheMounts, func(o CacheMount) bool { return o.ID == m.ID })
+	c.CacheMounts = append(c.CacheMounts, m)
+	slices.SortFunc(c.CacheMounts, func(a, b CacheMount) int { return strings.Compare(a.ID, b.ID) })
 }
 
 // Only keeps the records whose layer is one of layers (and those without
@@ -231,6 +273,9 @@ func decodeConfig(b []byte) (*Config, error) {
 			delete(c.Records, k)
 		}
 	}
+	c.CacheMounts = slices.DeleteFunc(c.CacheMounts, func(m CacheMount) bool {
+		return m.ID == "" || m.Layer.Digest.Validate() != nil
+	})
 	return &c, nil
 }
 
@@ -262,6 +307,7 @@ func ExportRegistry(ctx context.Context, s *store.Store, c *Config, ref string, 
 type Source struct {
 	Name    string // the ref or directory, for messages
 	records map[digest.Digest]*cache.Record
+	mounts  []CacheMount
 	store   *store.Store
 	fetch   func(ctx context.Context, d v1.Descriptor) error
 }
@@ -314,7 +360,7 @@ func ImportRegistry(ctx context.Context, s *store.Store, ref string, opts regist
 		return nil, fmt.Errorf("cache %s: %w", ref, err)
 	}
 	opts.Progress = nil
-	return &Source{Name: ref, records: c.Records, store: s, fetch: func(ctx context.Context, d v1.Descriptor) error {
+	return &Source{Name: ref, records: c.Records, mounts: c.CacheMounts, store: s, fetch: func(ctx context.Context, d v1.Descriptor) error {
 		return registry.FetchBlob(ctx, s, repo, d, opts)
 	}}, nil
 }
@@ -348,4 +394,34 @@ func configFromManifest(raw []byte, mt types.MediaType, readBlob func(v1.Descrip
 		return c.Only(layers), nil
 	}
 	return nil, errors.New("holds neither a minibuild cache nor an image with inline cache records")
+}
+
+// CacheMount opens the content of the cache mount id (a layer tarball, as
+// snapshot.RestoreCacheMount reads it) if the source carries one: its blob
+// is fetched into the store first, verified. It satisfies
+// executor.CacheMountSource.
+func (src *Source) CacheMount(ctx context.Context, id string) (io.ReadCloser, bool, error) {
+	m, ok := src.CacheMountLayer(id)
+	if !ok {
+		return nil, false, nil
+	}
+	l := m.Layer
+	if err := src.FetchLayer(ctx, l); err != nil {
+		return nil, true, fmt.Errorf("cache mount %s: %w", id, err)
+	}
+	rc, err := src.store.OpenBlob(l.Digest)
+	if err != nil {
+		return nil, true, fmt.Errorf("cache mount %s from %s: %w", id, src.Name, err)
+	}
+	return rc, true, nil
+}
+
+// CacheMountLayer is the cache mount id the source carries, if any: an
+// export can carry it on when the build had no local copy to write.
+func (src *Source) CacheMountLayer(id string) (CacheMount, bool) {
+	i := slices.IndexFunc(src.mounts, func(m CacheMount) bool { return m.ID == id })
+	if i < 0 {
+		return CacheMount{}, false
+	}
+	return src.mounts[i], true
 }
