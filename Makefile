@@ -21,7 +21,7 @@ DEMO_PKGS  := busybox-static
 TEST_PKGS  := busybox-static skopeo umoci docker-registry xz-utils procps slirp4netns jq ca-certificates debootstrap buildah
 BENCH_PKGS := busybox-static hyperfine
 
-.PHONY: all build test unit e2e distro demo base bench lint deps-demo deps-test deps-bench clean image
+.PHONY: all build test unit e2e distro demo base bench lint deps-demo deps-test deps-bench clean image fuzz
 
 all: build
 
@@ -48,6 +48,16 @@ e2e: deps-test
 # debootstrap, cached in $$MINIBUILD_DISTRO_CACHE; images compared with buildah).
 distro: deps-test
 	$(GO) test -count=1 -timeout 60m -v ./test/distro/
+
+# fuzz: each fuzz target for FUZZTIME (their seed corpora run in `make test`
+# as ordinary tests). Root for FuzzExtract (ownership, device nodes).
+FUZZTIME    ?= 60s
+FUZZTARGETS := parser:FuzzParse buildctx:FuzzDockerignore snapshot:FuzzExtract archive:FuzzRead cache:FuzzKey
+fuzz:
+	@set -e; for t in $(FUZZTARGETS); do \
+		pkg=$${t%%:*}; fn=$${t#*:}; echo "==> $$fn (./$$pkg, $(FUZZTIME))"; \
+		$(GO) test -run XXX -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./$$pkg; \
+	done
 
 # base: the busybox base image, tagged busybox:latest in the store (so that
 # `FROM busybox` resolves locally, without a registry).
