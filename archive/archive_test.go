@@ -21,7 +21,7 @@ import (
 )
 
 // testImage is a random image with a linux/amd64 config, as tools expect.
-func testImage(t *testing.T, layers int) v1.Image {
+func testImage(t testing.TB, layers int) v1.Image {
 	t.Helper()
 	img, err := random.Image(512, int64(layers))
 	if err != nil {
@@ -41,7 +41,7 @@ func testImage(t *testing.T, layers int) v1.Image {
 	return img
 }
 
-func writeTestFile(t *testing.T, path string, write func(io.Writer) error) {
+func writeTestFile(t testing.TB, path string, write func(io.Writer) error) {
 	t.Helper()
 	var buf bytes.Buffer
 	if err := write(&buf); err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
 )
 
 // Read opens the images in a docker-archive tar, an OCI layout tar or an
@@ -21,8 +22,13 @@ import (
 // annotations (OCI: io.containerd.image.name, else
 // org.opencontainers.image.ref.name as written — which may be a bare tag
 // such as "1.1" in layouts from other tools). Images are read lazily from
-// path, which must stay in place while they are used. An OCI index entry
-// that is itself an index contributes its linux/amd64 image.
+// path, which must stay in place while they are used, but every image is
+// verified first (each blob read once): the manifest against the index's
+// digest, the config against the manifest, each layer's content against
+// the config's diff_id and its blob against the manifest's digest and
+// size — so that a tampered archive is an error naming the layer before
+// anything is stored or tagged. An OCI index entry that is itself an index
+// contributes its linux/amd64 image.
 func Read(path string) ([]Named, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
@@ -165,7 +171,13 @@ func readOCI(open layoutFiles) ([]Named, error) {
 			if err != nil {
 				return nil, fmt.Errorf("manifest %s: %w", md.Digest, err)
 			}
+			if got := digest.FromBytes(rawManifest); got.String() != md.Digest.String() {
+				return nil, fmt.Errorf("manifest %s: content has digest %s", md.Digest, got)
+			}
 			img, err := newBlobImage(rawManifest, md.MediaType, blob)
+			if err == nil {
+				err = verifyImage(img, true, nil)
+			}
 			if err != nil {
 				return nil, fmt.Errorf("manifest %s: %w", md.Digest, err)
 			}
@@ -258,6 +270,9 @@ func readDocker(path string) ([]Named, error) {
 			return nil, fmt.Errorf("manifest.json: image %d has no tag; an untagged image must be alone in a docker archive", i)
 		}
 		img, err := tarball.Image(opener, tag)
+		if err == nil {
+			err = verifyDocker(img, d)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("image %d: %w", i, err)
 		}

@@ -23,6 +23,8 @@ import (
 
 	"github.com/moby/patternmatcher"
 	"github.com/moby/patternmatcher/ignorefile"
+
+	"github.com/minibuild/minibuild/internal/regular"
 	"golang.org/x/sys/unix"
 )
 
@@ -170,7 +172,8 @@ func Open(ctx context.Context, dir string, opts Options) (*Context, error) {
 // readIgnore reads .dockerignore; ignorefile cleans the patterns and drops a
 // leading "/" exactly as docker does.
 func readIgnore(root string) ([]string, error) {
-	f, err := os.Open(filepath.Join(root, ".dockerignore"))
+	// A FIFO (or any non-regular file) is an error, never a wait for a writer.
+	f, err := regular.Open(filepath.Join(root, ".dockerignore"), ".dockerignore")
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 )
 
 // mktree creates files (content = name) and dirs (names ending in "/").
@@ -394,5 +395,30 @@ func TestStatCacheFormat(t *testing.T) {
 	data, _ := os.ReadFile(file)
 	if _, err := decodeCache(data[:len(data)-1]); err == nil {
 		t.Error("truncated cache accepted")
+	}
+}
+
+// A .dockerignore that is a FIFO is an error at once, never a wait.
+func TestDockerignoreFIFO(t *testing.T) {
+	root := t.TempDir()
+	mktree(t, root, "a")
+	if err := unix.Mkfifo(filepath.Join(root, ".dockerignore"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		c, err := Open(context.Background(), root, Options{})
+		if err == nil {
+			c.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), ".dockerignore") || !strings.Contains(err.Error(), "is a FIFO") {
+			t.Errorf("a FIFO .dockerignore: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Open blocked on a FIFO .dockerignore")
 	}
 }

@@ -86,6 +86,12 @@ func FromKey(base string) digest.Digest {
 // Inputs never encode alike.
 func (in *Inputs) Key() digest.Digest {
 	h := sha256.New()
+	in.encode(h)
+	return digest.NewDigest(digest.SHA256, h)
+}
+
+// encode writes the key's encoding (what Key hashes) to h.
+func (in *Inputs) encode(h hash.Hash) {
 	writeField(h, keyVersion)
 	writeField(h, string(in.Parent))
 	writeField(h, in.Instruction)
@@ -106,7 +112,6 @@ func (in *Inputs) Key() digest.Digest {
 		writeField(h, m.Target)
 		writeField(h, string(m.Tree))
 	}
-	return digest.NewDigest(digest.SHA256, h)
 }
 
 // Names lists the inputs beyond parent and instruction by what a person

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -435,5 +436,32 @@ func BenchmarkPlan20k(b *testing.B) {
 			b.Fatalf("%d entries", p.Files())
 		}
 		p.Close()
+	}
+}
+
+// A FIFO in the context lands as a FIFO, as BuildKit copies one (fsutil
+// copyDevice); a socket, which a tar cannot hold, is left out.
+func TestCopyFIFO(t *testing.T) {
+	dir := t.TempDir()
+	must(t, syscall.Mkfifo(filepath.Join(dir, "pipe"), 0o640))
+	must(t, os.Mkdir(filepath.Join(dir, "d"), 0o755))
+	must(t, syscall.Mkfifo(filepath.Join(dir, "d", "p2"), 0o600))
+	c, err := buildctx.Open(context.Background(), dir, buildctx.Options{})
+	must(t, err)
+	for _, tt := range []struct {
+		req  Request
+		want []string
+	}{
+		{Request{Sources: []string{"pipe"}, Dest: "/x", DestInfo: image()}, []string{`x 6 640 0:0 "" ""`}},
+		{Request{Sources: []string{"d"}, Dest: "/d/", Chmod: ptr(fs.FileMode(0o644)), DestInfo: image()}, []string{`d/ 5 755 0:0 "" ""`, `d/p2 6 644 0:0 "" ""`}},
+	} {
+		got, _ := run(t, c, tt.req)
+		var lines []string
+		for _, e := range got {
+			lines = append(lines, e.String())
+		}
+		if !slices.Equal(lines, tt.want) {
+			t.Errorf("COPY %v: entries\n got %s\nwant %s", tt.req.Sources, strings.Join(lines, "\n     "), strings.Join(tt.want, "\n     "))
+		}
 	}
 }

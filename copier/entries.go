@@ -256,8 +256,9 @@ func destPaths(files []*buildctx.File, skip int, base string) []string {
 
 // contextEntry fills e, which must be zero, with how a context file lands
 // at dst: owner is the --chown owner, the file's own with KeepOwner, else
-// root (context ownership is not kept, as docker). It reports false for
-// what is not copied: sockets, fifos, devices. (Fields are set one by one:
+// root (context ownership is not kept, as docker). A FIFO lands as a FIFO,
+// as BuildKit's copy makes one (fsutil copyDevice). It reports false for
+// what is not copied: sockets (a tar cannot hold one) and devices. (Fields are set one by one:
 // a whole-struct store costs write barriers while the GC runs.)
 func contextEntry(e *entry, f *buildctx.File, dst string, req Request) bool {
 	e.path, e.mode, e.mtime, e.file = dst, tarMode(f.Mode), f.ModTime, f
@@ -272,6 +273,8 @@ func contextEntry(e *entry, f *buildctx.File, dst string, req Request) bool {
 		e.typ, e.size, e.kind = tar.TypeReg, f.Size, srcContext
 	case f.Mode.IsDir():
 		e.typ = tar.TypeDir
+	case f.Mode&fs.ModeNamedPipe != 0:
+		e.typ = tar.TypeFifo
 	case f.Mode&fs.ModeSymlink != 0:
 		e.typ, e.link, e.mode = tar.TypeSymlink, f.Link, 0o777
 		return true

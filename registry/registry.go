@@ -13,14 +13,17 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"slices"
+	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/minibuild/minibuild/layer"
 	"github.com/minibuild/minibuild/store"
 	"github.com/opencontainers/go-digest"
 )
@@ -81,12 +84,24 @@ func Reference(ref string, insecure []string) (name.Reference, error) {
 		return nil, fmt.Errorf("invalid reference %q: %w", ref, err)
 	}
 	host := r.Context().RegistryStr()
-	if slices.Contains(insecure, host) || host == name.DefaultRegistry && slices.Contains(insecure, "docker.io") {
+	if loopback(host) || slices.Contains(insecure, host) || host == name.DefaultRegistry && slices.Contains(insecure, "docker.io") {
 		if r, err = name.ParseReference(ref, name.Insecure); err != nil {
 			return nil, fmt.Errorf("invalid reference %q: %w", ref, err)
 		}
 	}
 	return r, nil
+}
+
+// loopback reports whether host ("localhost", "127.0.0.1:5000", "[::1]")
+// is this machine, with or without a port: go-containerregistry speaks
+// plain http to "localhost:PORT" but https to a bare "localhost".
+func loopback(host string) bool {
+	h := host
+	if sh, _, err := net.SplitHostPort(host); err == nil {
+		h = sh
+	}
+	h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
+	return h == "localhost" || h == "127.0.0.1" || h == "::1"
 }
 
 func remoteOptions(ctx context.Context, opts Options) []remote.Option {
@@ -123,7 +138,11 @@ func Pull(ctx context.Context, s *store.Store, ref string, opts Options) (v1.Ima
 	if err != nil {
 		return nil, v1.Hash{}, fmt.Errorf("pull %s: manifest: %w", ref, err)
 	}
-	if err := fetchLayers(ctx, s, img, m, ref, opts); err != nil {
+	layers, err := manifestLayers(img, m)
+	if err != nil {
+		return nil, v1.Hash{}, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	if err := fetchLayers(ctx, s, img, layers, ref, opts); err != nil {
 		return nil, v1.Hash{}, fmt.Errorf("pull %s: %w", ref, err)
 	}
 	// Every layer is present now, so this writes only config and manifest.
@@ -147,59 +166,148 @@ func Pull(ctx context.Context, s *store.Store, ref string, opts Options) (v1.Ima
 	return stored, md, nil
 }
 
-// fetchLayers downloads the layers of m that s lacks, opts.Parallel at a
-// time. Layers the store has are reported and never opened. Every layer
-// is committed to the store on its own, so an interrupted pull keeps the
-// layers it finished and the next pull fetches only the rest.
-func fetchLayers(ctx context.Context, s *store.Store, img v1.Image, m *v1.Manifest, ref string, opts Options) error {
-	var todo []v1.Descriptor
-	seen := map[v1.Hash]bool{}
-	for _, d := range m.Layers {
-		if seen[d.Digest] {
+// pulledLayer is a manifest's layer with the diff_id its config names.
+type pulledLayer struct {
+	desc v1.Descriptor
+	want layer.Descriptor
+}
+
+// manifestLayers pairs m's layers with the config's diff_ids: as many of
+// each, and a blob listed twice names one diff_id.
+func manifestLayers(img v1.Image, m *v1.Manifest) ([]pulledLayer, error) {
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if n, d := len(m.Layers), len(cf.RootFS.DiffIDs); n != d {
+		return nil, fmt.Errorf("the manifest lists %d layers, the config %d diff_ids", n, d)
+	}
+	var out []pulledLayer
+	seen := map[v1.Hash]v1.Hash{}
+	for i, d := range m.Layers {
+		id := cf.RootFS.DiffIDs[i]
+		if prev, ok := seen[d.Digest]; ok {
+			if prev != id {
+				return nil, fmt.Errorf("layer %s: the config names two diff_ids for it (%s, %s)", d.Digest, prev, id)
+			}
 			continue // a layer listed twice is fetched once
 		}
-		seen[d.Digest] = true
-		if s.HasBlob(digest.Digest(d.Digest.String())) {
-			opts.report(ref, d, StatusExists)
+		seen[d.Digest] = id
+		out = append(out, pulledLayer{desc: d, want: layer.Descriptor{
+			Digest: digest.Digest(d.Digest.String()), DiffID: digest.Digest(id.String()), Size: d.Size}})
+	}
+	return out, nil
+}
+
+// fetchLayers downloads the layers the store lacks, opts.Parallel at a
+// time, each checked against its digest and diff_id before it is
+// committed. Layers the store has are reported and not downloaded; unless
+// the store holds this very manifest already (verified when it came in),
+// they are read there to check that their content is the diff_id this
+// config claims. Every layer is committed to the store on its own, so an
+// interrupted pull keeps the layers it finished and the next pull fetches
+// only the rest.
+func fetchLayers(ctx context.Context, s *store.Store, img v1.Image, layers []pulledLayer, ref string, opts Options) error {
+	known := false
+	if md, err := img.Digest(); err == nil {
+		_, err := s.Image(md.String())
+		known = err == nil
+	}
+	var todo []pulledLayer
+	for _, l := range layers {
+		if s.HasBlob(l.want.Digest) {
+			opts.report(ref, l.desc, StatusExists)
+			if !known {
+				if err := CheckStored(s, l.want); err != nil {
+					return err
+				}
+			}
 			continue
 		}
-		todo = append(todo, d)
+		todo = append(todo, l)
 	}
-	return forEach(ctx, todo, opts.parallel(), func(ctx context.Context, d v1.Descriptor) error {
-		opts.report(ref, d, StatusDownloading)
+	return forEach(ctx, todo, opts.parallel(), func(ctx context.Context, l pulledLayer) error {
+		opts.report(ref, l.desc, StatusDownloading)
 		err := retry(ctx, func() error {
-			return fetchBlob(s, d, func() (io.ReadCloser, error) {
-				l, err := img.LayerByDigest(d.Digest)
+			return fetchBlob(s, l.want, func() (io.ReadCloser, error) {
+				rl, err := img.LayerByDigest(l.desc.Digest)
 				if err != nil {
 					return nil, permanent(err)
 				}
-				return l.Compressed()
+				return rl.Compressed()
 			})
 		})
 		if err != nil {
-			return fmt.Errorf("fetch layer %s: %w", d.Digest, err)
+			return fmt.Errorf("fetch layer %s: %w", l.desc.Digest, err)
 		}
-		opts.report(ref, d, StatusDone)
+		opts.report(ref, l.desc, StatusDone)
 		return nil
 	})
 }
 
-// fetchBlob copies one blob into the store, verified by its commit.
-func fetchBlob(s *store.Store, d v1.Descriptor, open func() (io.ReadCloser, error)) error {
+// CheckStored checks a blob of the store against want's diff_id: the blob
+// is whole by its digest, but that it is the layer a config or a cache
+// record names is their claim.
+func CheckStored(s *store.Store, want layer.Descriptor) error {
+	rc, err := s.OpenBlob(want.Digest)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	return layer.Verify(rc, layer.Descriptor{Digest: want.Digest, DiffID: want.DiffID})
+}
+
+// fetchBlob copies one blob into the store, checked against want (digest
+// and size, and the diff_id when want names one) before it is committed.
+// A mismatch is permanent: the registry serves what it has.
+func fetchBlob(s *store.Store, want layer.Descriptor, open func() (io.ReadCloser, error)) error {
 	rc, err := open()
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	return s.PutBlob(rc, digest.Digest(d.Digest.String()))
+	return PutLayer(s, rc, want)
+}
+
+// PutLayer stores the blob r streams, checked against want as it goes by
+// (layer.Check: digest, size, and the diff_id when want names one) and
+// committed only when it matched. A mismatch is permanent (no retry); an
+// error reading r is returned as it is.
+func PutLayer(s *store.Store, r io.Reader, want layer.Descriptor) error {
+	bw, err := s.NewBlobWriter()
+	if err != nil {
+		return permanent(err)
+	}
+	defer bw.Abort()
+	chk := layer.NewCheck(want)
+	if _, err := io.Copy(io.MultiWriter(bw, chk), r); err != nil {
+		chk.Close()
+		return err
+	}
+	if err := chk.Close(); err != nil {
+		return permanent(err)
+	}
+	return bw.Commit(want.Digest)
 }
 
 // FetchBlob copies blob d of repository repo ("host/path") into s, unless
 // s has it already, and remembers repo as one of its sources.
 func FetchBlob(ctx context.Context, s *store.Store, repo string, d v1.Descriptor, opts Options) error {
+	return FetchLayer(ctx, s, repo, d, "", opts)
+}
+
+// FetchLayer is FetchBlob of a layer whose uncompressed content must be
+// diffID ("" = unchecked): a blob that s has already is read there and
+// checked, a fetched one is checked before it is committed. An imported
+// cache record names its layer's diffID; this is how it is held to it.
+func FetchLayer(ctx context.Context, s *store.Store, repo string, d v1.Descriptor, diffID digest.Digest, opts Options) error {
 	dg := digest.Digest(d.Digest.String())
+	want := layer.Descriptor{Digest: dg, DiffID: diffID, Size: d.Size}
 	if s.HasBlob(dg) {
-		return nil
+		if diffID == "" {
+			return nil
+		}
+		return CheckStored(s, want)
 	}
 	r, err := Reference(repo+"@"+d.Digest.String(), opts.Insecure)
 	if err != nil {
@@ -211,7 +319,7 @@ func FetchBlob(ctx context.Context, s *store.Store, repo string, d v1.Descriptor
 	}
 	opts.report(repo, d, StatusDownloading)
 	err = retry(ctx, func() error {
-		return fetchBlob(s, d, func() (io.ReadCloser, error) {
+		return fetchBlob(s, want, func() (io.ReadCloser, error) {
 			l, err := remote.Layer(rd, remoteOptions(ctx, opts)...)
 			if err != nil {
 				return nil, err

@@ -280,6 +280,11 @@ func TestReferenceScheme(t *testing.T) {
 		{"busybox", nil, "https"},
 		{"localhost:5000/app", nil, "http"},
 		{"127.0.0.1:5000/app:1", nil, "http"},
+		{"localhost/x", nil, "http"},
+		{"localhost/x:1", nil, "http"},
+		{"127.0.0.1/x", nil, "http"},
+		{"[::1]:5000/x", nil, "http"},
+		{"localhost.example/x", nil, "https"},
 		{"myreg.example:5000/app", nil, "https"},
 		{"myreg.example:5000/app", []string{"myreg.example:5000"}, "http"},
 		{"myreg.example/app", []string{"myreg.example:5000"}, "https"},
@@ -298,3 +303,56 @@ func TestReferenceScheme(t *testing.T) {
 }
 
 func digestOf(s string) digest.Digest { return digest.Digest(s) }
+
+// lyingConfig is img with the config's diff_id of layer i replaced.
+func lyingConfig(t *testing.T, img v1.Image, i int) v1.Image {
+	t.Helper()
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf = cf.DeepCopy()
+	cf.RootFS.DiffIDs[i] = v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("ab", 32)}
+	bad, err := mutate.ConfigFile(img, cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bad
+}
+
+// A config whose diff_id does not match its layer is refused before the
+// tag moves, whether the layer is downloaded or in the store already.
+func TestPullChecksDiffIDs(t *testing.T) {
+	reg := newRegistry(t)
+	s, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := random.Image(1024, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := lyingConfig(t, good, 1)
+	reg.push(t, "bad", bad)
+	if _, _, err := Pull(context.Background(), s, reg.host+"/bad:latest", Options{}); err == nil || !strings.Contains(err.Error(), "diff_id") {
+		t.Fatalf("pull of a lying config (layers downloaded): %v", err)
+	}
+	if _, err := s.Image(reg.host + "/bad:latest"); err == nil {
+		t.Error("the lying image was tagged")
+	}
+
+	reg.push(t, "good", good)
+	if _, _, err := Pull(context.Background(), s, reg.host+"/good:latest", Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := Pull(context.Background(), s, reg.host+"/bad:latest", Options{}); err == nil || !strings.Contains(err.Error(), "diff_id") {
+		t.Fatalf("pull of a lying config (layers in the store): %v", err)
+	}
+	if _, err := s.Image(reg.host + "/bad:latest"); err == nil {
+		t.Error("the lying image was tagged")
+	}
+	// The good image pulled again (its manifest known) is still fine.
+	if _, _, err := Pull(context.Background(), s, reg.host+"/good:latest", Options{}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -11,6 +11,8 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/minibuild/minibuild/archive"
+	"github.com/minibuild/minibuild/layer"
+	"github.com/minibuild/minibuild/registry"
 	"github.com/minibuild/minibuild/store"
 )
 
@@ -60,17 +62,13 @@ func ImportLocal(s *store.Store, dir string) (*Source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cache %s: %w", dir, err)
 	}
-	return &Source{Name: dir, records: c.Records, mounts: c.CacheMounts, store: s, fetch: func(_ context.Context, d v1.Descriptor) error {
-		dg, err := digest.Parse(d.Digest.String())
-		if err != nil {
-			return err
-		}
+	return &Source{Name: dir, records: c.Records, mounts: c.CacheMounts, store: s, fetch: func(_ context.Context, d v1.Descriptor, want layer.Descriptor) error {
 		f, err := l.Blob(d.Digest)
 		if err != nil {
 			return err
 		}
 		defer f.Close()
-		return s.PutBlob(f, dg)
+		return registry.PutLayer(s, f, want)
 	}}, nil
 }
 

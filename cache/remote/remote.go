@@ -309,7 +309,9 @@ type Source struct {
 	records map[digest.Digest]*cache.Record
 	mounts  []CacheMount
 	store   *store.Store
-	fetch   func(ctx context.Context, d v1.Descriptor) error
+	// fetch brings a missing blob into the store, checked against l
+	// (digest, size, diffID) before it is committed.
+	fetch func(ctx context.Context, d v1.Descriptor, l layer.Descriptor) error
 }
 
 // Len is the number of records.
@@ -325,16 +327,27 @@ func (src *Source) Record(key digest.Digest) (*cache.Record, bool) {
 	return &c, true
 }
 
-// FetchLayer brings l's blob into the store (verified), unless it is there.
+// FetchLayer brings l's blob into the store unless it is there, and
+// holds it to the record: the blob's digest and size, and its
+// uncompressed content to l.DiffID (a blob the store has already is read
+// there). A record another host wrote is only a claim; a layer that is
+// not what it says makes the record unusable (the executor warns and
+// misses) before anything is keyed on it.
 func (src *Source) FetchLayer(ctx context.Context, l layer.Descriptor) error {
+	if l.DiffID == "" {
+		return fmt.Errorf("cached layer %s from %s: the record names no diffID", l.Digest, src.Name)
+	}
+	var err error
 	if src.store.HasBlob(l.Digest) {
-		return nil
+		err = registry.CheckStored(src.store, l)
+	} else {
+		var h v1.Hash
+		if h, err = v1.NewHash(l.Digest.String()); err != nil {
+			return err
+		}
+		err = src.fetch(ctx, v1.Descriptor{Digest: h, Size: l.Size, MediaType: types.MediaType(l.MediaType)}, l)
 	}
-	h, err := v1.NewHash(l.Digest.String())
 	if err != nil {
-		return err
-	}
-	if err := src.fetch(ctx, v1.Descriptor{Digest: h, Size: l.Size, MediaType: types.MediaType(l.MediaType)}); err != nil {
 		return fmt.Errorf("fetch cached layer %s from %s: %w", l.Digest, src.Name, err)
 	}
 	return nil
@@ -360,8 +373,8 @@ func ImportRegistry(ctx context.Context, s *store.Store, ref string, opts regist
 		return nil, fmt.Errorf("cache %s: %w", ref, err)
 	}
 	opts.Progress = nil
-	return &Source{Name: ref, records: c.Records, mounts: c.CacheMounts, store: s, fetch: func(ctx context.Context, d v1.Descriptor) error {
-		return registry.FetchBlob(ctx, s, repo, d, opts)
+	return &Source{Name: ref, records: c.Records, mounts: c.CacheMounts, store: s, fetch: func(ctx context.Context, d v1.Descriptor, l layer.Descriptor) error {
+		return registry.FetchLayer(ctx, s, repo, d, l.DiffID, opts)
 	}}, nil
 }
 

@@ -268,3 +268,36 @@ func TestParseSpecOptions(t *testing.T) {
 		}
 	}
 }
+
+// An imported record's diffID is a claim: FetchLayer holds the layer to it,
+// fetched (nothing is committed) or already in the store.
+func TestFetchLayerChecksDiffID(t *testing.T) {
+	f := newFixture(t)
+	dir := filepath.Join(t.TempDir(), "cache")
+	if err := ExportLocal(f.s, Collect(f.s, f.idx, f.keys), dir); err != nil {
+		t.Fatal(err)
+	}
+	fresh, _ := store.Open(t.TempDir())
+	src, err := ImportLocal(fresh, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, ok := src.Record(f.keys[0])
+	if !ok || rec.Layer == nil {
+		t.Fatalf("record %s: %+v", f.keys[0], rec)
+	}
+	lie := *rec.Layer
+	lie.DiffID = digest.FromString("not this layer")
+	if err := src.FetchLayer(context.Background(), lie); err == nil || !strings.Contains(err.Error(), "diff_id") {
+		t.Fatalf("FetchLayer of a lying record: %v", err)
+	}
+	if fresh.HasBlob(lie.Digest) {
+		t.Error("the layer of a lying record was committed")
+	}
+	if err := src.FetchLayer(context.Background(), *rec.Layer); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.FetchLayer(context.Background(), lie); err == nil || !strings.Contains(err.Error(), "diff_id") {
+		t.Fatalf("FetchLayer of a lying record, the blob present: %v", err)
+	}
+}

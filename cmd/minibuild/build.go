@@ -18,6 +18,7 @@ import (
 	"github.com/minibuild/minibuild/cache"
 	"github.com/minibuild/minibuild/executor"
 	"github.com/minibuild/minibuild/export"
+	"github.com/minibuild/minibuild/internal/regular"
 	"github.com/minibuild/minibuild/parser"
 	"github.com/minibuild/minibuild/snapshot"
 	"github.com/minibuild/minibuild/store"
@@ -160,6 +161,9 @@ func (b *buildOptions) run(ctx context.Context, contextDir string, prog progress
 	}
 	if b.platform != "" && b.platform != "linux/amd64" {
 		return nil, fmt.Errorf("--platform %s: only linux/amd64 is supported", b.platform)
+	}
+	if b.jobs < 0 {
+		return nil, fmt.Errorf("--jobs %d: give a number of stages (0 = the number of CPUs)", b.jobs)
 	}
 	blobs, err := newBlobProgress(b.progressMode(), os.Stderr)
 	if err != nil {
@@ -394,7 +398,8 @@ func readDockerfile(file, contextDir string) ([]byte, string, error) {
 			}
 		}
 	}
-	b, err := os.ReadFile(file)
+	// A FIFO (or any non-regular file) is an error, never a wait for a writer.
+	b, err := regular.ReadFile(file, "Dockerfile")
 	if err != nil {
 		return nil, "", fmt.Errorf("read Dockerfile: %w", err)
 	}

@@ -139,6 +139,17 @@ func TestBuildNeedsRootBeforeAnyWork(t *testing.T) {
 	}
 }
 
+func TestBuildRefusesNegativeJobs(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "root")
+	b := &buildOptions{global: &globalOptions{root: root}, geteuid: func() int { return 0 }, jobs: -1}
+	if _, err := b.run(t.Context(), "/nonexistent", quietProgress{}); err == nil || !strings.Contains(err.Error(), "--jobs -1") {
+		t.Errorf("--jobs -1: %v", err)
+	}
+	if _, err := os.Stat(root); err == nil {
+		t.Error("the store was created before the --jobs check")
+	}
+}
+
 func TestCheckStdout(t *testing.T) {
 	plan, err := export.NewPlan(export.Request{Outputs: []string{"-"}})
 	if err != nil {

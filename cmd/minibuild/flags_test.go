@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestKeyValues(t *testing.T) {
@@ -44,6 +46,15 @@ func TestReadDockerfile(t *testing.T) {
 	}
 	if _, _, err := readDockerfile(filepath.Join(dir, "missing"), dir); err == nil || !strings.Contains(err.Error(), "read Dockerfile") {
 		t.Errorf("missing: %v", err)
+	}
+
+	// A FIFO is an error at once, never a wait for a writer.
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := readDockerfile(fifo, dir); err == nil || !strings.Contains(err.Error(), "is a FIFO") {
+		t.Errorf("a FIFO: %v", err)
 	}
 
 	stdin := filepath.Join(dir, "stdin")
