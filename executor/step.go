@@ -75,10 +75,10 @@ func (s *step) exec(ctx context.Context, parent digest.Digest) (digest.Digest, e
 			return "", s.fail(err)
 		}
 		defer unlock()
-		if !s.run.missed {
-			if rec, ok := s.lookup(ctx, key, in); ok {
-				return reuse(rec)
-			}
+		// Even after this stage's first miss: a build that ran the same
+		// chain at the same time may have recorded this very key.
+		if rec, ok := s.lookup(ctx, key, in); ok {
+			return reuse(rec)
 		}
 	}
 	miss := s.missReason(in)
