@@ -169,6 +169,7 @@ func SaveTo(w io.Writer, imgs []archive.Named) error {
 // writeTar writes an image tarball whole or not at all. The file gets the
 // mode of any new file (0666 less the umask), as buildx's outputs do.
 func writeTar(path string, write func(io.Writer, []archive.Named) error, imgs []archive.Named) error {
+	_ = atomicfile.Sweep(path) // what a killed write of this output left
 	f, err := atomicfile.Create(path, 0o666)
 	if err != nil {
 		return err
