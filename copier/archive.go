@@ -16,6 +16,7 @@ import (
 
 	"github.com/minibuild/minibuild/buildctx"
 	"github.com/minibuild/minibuild/internal/compression"
+	"github.com/minibuild/minibuild/layer"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -61,7 +62,11 @@ func (p *Planned) isArchive(ctx context.Context, f *buildctx.File) (bool, error)
 func memberName(name string) string { return rel(name) }
 
 // planArchive lists what extracting f into dest produces, hashing the
-// content of every regular member.
+// content of every regular member. Members are taken in archive order by
+// the one tar rule (layer.Replaces): a later member replaces an earlier
+// one at its path, with everything under it, unless both are
+// directories; a member under a path an earlier member made a file is an
+// error, as when the layer is extracted.
 func (p *Planned) planArchive(ctx context.Context, f *buildctx.File, dest string, chown *Owner) ([]*entry, error) {
 	tr, done, err := p.openTar(ctx, f)
 	if err != nil {
@@ -69,7 +74,7 @@ func (p *Planned) planArchive(ctx context.Context, f *buildctx.File, dest string
 	}
 	defer done()
 	src := &archiveSrc{file: f}
-	var out []*entry
+	var out archiveEntries
 	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {
@@ -104,9 +109,63 @@ func (p *Planned) planArchive(ctx context.Context, f *buildctx.File, dest string
 		default:
 			continue // devices and fifos are not extracted
 		}
-		out = append(out, e)
+		if err := out.add(m, e); err != nil {
+			return nil, fmt.Errorf("extract %s: %s: %w", f.Path, hdr.Name, err)
+		}
 	}
-	return out, nil
+	return out.list(), nil
+}
+
+// archiveEntries applies layer.Replaces to an archive's members in order.
+type archiveEntries struct {
+	all    []*entry
+	byName map[string]int // member name → index in all of the live entry
+	gone   map[int]bool
+}
+
+func (a *archiveEntries) add(m string, e *entry) error {
+	if a.byName == nil {
+		a.byName, a.gone = map[string]int{}, map[int]bool{}
+	}
+	for d := path.Dir(m); d != "."; d = path.Dir(d) {
+		if i, ok := a.byName[d]; ok && a.all[i].typ != tar.TypeDir && a.all[i].typ != tar.TypeSymlink {
+			return fmt.Errorf("parent %s is not a directory", d)
+		}
+	}
+	if i, ok := a.byName[m]; ok {
+		old := a.all[i]
+		if layer.Replaces(old.typ == tar.TypeDir, e.typ == tar.TypeDir) {
+			a.gone[i] = true
+			if old.typ == tar.TypeDir {
+				a.removeUnder(m)
+			}
+		}
+	}
+	a.byName[m] = len(a.all)
+	a.all = append(a.all, e)
+	return nil
+}
+
+// removeUnder drops the live entries strictly under the member name m.
+func (a *archiveEntries) removeUnder(m string) {
+	for name, i := range a.byName {
+		if strings.HasPrefix(name, m+"/") {
+			a.gone[i] = true
+			delete(a.byName, name)
+		}
+	}
+}
+
+// list is the live entries in archive order; of two directories at one
+// path the later stays (its metadata wins when the list is sorted).
+func (a *archiveEntries) list() []*entry {
+	out := make([]*entry, 0, len(a.all))
+	for i, e := range a.all {
+		if !a.gone[i] {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // spool holds the regular members of the archives being written, read
@@ -146,7 +205,10 @@ func (p *Planned) spool() (*spool, error) {
 	if len(s.plan) == 0 {
 		return s, nil
 	}
-	f, err := os.CreateTemp("", "minibuild-add-*")
+	if err := p.reserveSpool(); err != nil {
+		return nil, err
+	}
+	f, err := os.CreateTemp(p.space.Dir, "minibuild-add-*")
 	if err != nil {
 		return nil, fmt.Errorf("extract: %w", err)
 	}
@@ -197,6 +259,27 @@ func (p *Planned) spool() (*spool, error) {
 		}
 	}
 	return s, nil
+}
+
+// reserveSpool checks, with one statfs, that the archive members the
+// spool is about to hold fit above the reserve: the sizes come from the
+// tar headers, so a small archive that expands enormously fails here,
+// before anything is written.
+func (p *Planned) reserveSpool() error {
+	var size int64
+	var names []string
+	seen := map[*archiveSrc]bool{}
+	for _, e := range p.entries {
+		if e.kind == srcArchive {
+			size += e.size
+			if !seen[e.arch] {
+				seen[e.arch] = true
+				names = append(names, e.arch.file.Path)
+			}
+		}
+	}
+	m := p.space.NewMeter("expand archive " + strings.Join(names, ", "))
+	return m.Need(size)
 }
 
 // download fetches an ADD URL into an unnamed temp file and verifies the

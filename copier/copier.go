@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/minibuild/minibuild/buildctx"
+	"github.com/minibuild/minibuild/internal/diskspace"
 	"github.com/minibuild/minibuild/layer"
 	"github.com/opencontainers/go-digest"
 )
@@ -55,6 +56,11 @@ type Request struct {
 	// KeepOwner keeps the sources' uid/gid when Chown is nil: COPY --from
 	// a stage or image keeps ownership, a context COPY does not.
 	KeepOwner bool
+	// Space is where Write spools the members of local archives ADD
+	// expands ("" = os.TempDir()) and the free space to keep there: an
+	// expansion that would leave less fails, wrapping diskspace.ErrLow,
+	// before it writes. Bytes 0: no guard.
+	Space diskspace.Reserve
 }
 
 // Planned is a resolved COPY/ADD. (The contract's "*copier.Plan": a Go
@@ -64,6 +70,7 @@ type Planned struct {
 	entries []*entry
 	temps   []*os.File
 	key     digest.Digest
+	space   diskspace.Reserve
 }
 
 // Key digests every entry as it will land (path, type, mode, owner, content
@@ -99,7 +106,7 @@ type item struct {
 // Plan resolves req against the context c. The caller should Close the
 // result (it may hold downloaded files).
 func Plan(ctx context.Context, c *buildctx.Context, req Request) (*Planned, error) {
-	p := &Planned{c: c}
+	p := &Planned{c: c, space: req.Space}
 	if err := p.plan(ctx, req); err != nil {
 		p.Close()
 		return nil, err

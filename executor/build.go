@@ -88,6 +88,10 @@ type Policy struct {
 	// filter and with every capability (buildx: --allow security.insecure);
 	// without it such a RUN is an error.
 	AllowInsecure bool
+	// MinFreeSpace is the free space (bytes) ADD keeps under the store's
+	// root when it expands a local archive (--min-free-space; layer
+	// extraction keeps it through Snapshotter.SetMinFreeSpace). 0: no guard.
+	MinFreeSpace int64
 }
 
 // Result describes a finished build.

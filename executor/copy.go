@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
+	"path/filepath"
 	"strconv"
 
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
@@ -12,6 +13,7 @@ import (
 	"github.com/minibuild/minibuild/buildctx"
 	"github.com/minibuild/minibuild/cache"
 	"github.com/minibuild/minibuild/copier"
+	"github.com/minibuild/minibuild/internal/diskspace"
 )
 
 // copySpec is what COPY and ADD have in common.
@@ -77,6 +79,9 @@ func (s *step) copyRequest(ctx context.Context, spec copySpec) (copier.Request, 
 		Resolve: func(p string) (string, error) {
 			return r.b.opts.Snapshots.Resolve(ctx, layers, p)
 		},
+	}
+	if n := r.b.opts.MinFreeSpace; n > 0 {
+		req.Space = diskspace.Reserve{Dir: filepath.Join(r.b.opts.Store.Root(), "tmp"), Bytes: n}
 	}
 	if spec.checksum != "" {
 		d, err := digest.Parse(spec.checksum)

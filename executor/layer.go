@@ -2,8 +2,10 @@ package executor
 
 import (
 	"context"
+	"errors"
 	"time"
 
+	"github.com/minibuild/minibuild/internal/diskspace"
 	"github.com/minibuild/minibuild/layer"
 	"github.com/minibuild/minibuild/snapshot"
 )
@@ -35,6 +37,11 @@ func (s *step) writeLayer(ctx context.Context, fill func(*layer.Writer) error) (
 	desc, err := w.Close()
 	if err != nil {
 		return nil, err
+	}
+	if ingest != nil {
+		if err := ingest.Err(); errors.Is(err, diskspace.ErrLow) {
+			return nil, err // the blob is not committed: the store stays as it was
+		}
 	}
 	if err := bw.Commit(desc.Digest); err != nil {
 		return nil, err

@@ -169,6 +169,7 @@ func SaveTo(w io.Writer, imgs []archive.Named) error {
 // writeTar writes an image tarball whole or not at all. The file gets the
 // mode of any new file (0666 less the umask), as buildx's outputs do.
 func writeTar(path string, write func(io.Writer, []archive.Named) error, imgs []archive.Named) error {
+	_ = atomicfile.Sweep(path) // what a killed write of this output left
 	f, err := atomicfile.Create(path, 0o666)
 	if err != nil {
 		return err
@@ -199,9 +200,18 @@ func writeRootfs(ctx context.Context, img archive.Named, dir string, warn func(s
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	rc := mutate.Extract(img.Image)
-	defer rc.Close()
-	devices, err := snapshot.ExtractTree(ctx, rc, dir)
+	// Layer by layer, not through a flattened tar (mutate.Extract keeps
+	// the first of two entries at a path; a layer's reader, the last):
+	// the tree is what RUN sees.
+	layers, err := img.Image.Layers()
+	if err != nil {
+		return fmt.Errorf("write rootfs to %s: %w", dir, err)
+	}
+	open := make([]func() (io.ReadCloser, error), len(layers))
+	for i, l := range layers {
+		open[i] = l.Compressed
+	}
+	devices, err := snapshot.ExtractLayers(ctx, open, dir)
 	if err != nil {
 		return fmt.Errorf("write rootfs to %s: %w", dir, err)
 	}

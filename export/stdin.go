@@ -15,6 +15,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/minibuild/minibuild/archive"
+	"github.com/minibuild/minibuild/internal/flock"
 	"github.com/minibuild/minibuild/snapshot"
 	"github.com/minibuild/minibuild/store"
 )
@@ -40,11 +41,14 @@ func ContextFromTar(ctx context.Context, r io.Reader, tmpDir string) (*StdinCont
 	if err := os.MkdirAll(tmpDir, 0o755); err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp(tmpDir, "context-")
+	dir, hold, err := heldTempDir(tmpDir, "context-")
 	if err != nil {
 		return nil, err
 	}
-	c := &StdinContext{Dir: dir, release: func() error { return os.RemoveAll(dir) }}
+	c := &StdinContext{Dir: dir, release: func() error {
+		defer hold.Close()
+		return os.RemoveAll(dir)
+	}}
 	br := bufio.NewReaderSize(r, 1<<16)
 	head, _ := br.Peek(512)
 	if !isArchive(head) {
@@ -60,6 +64,30 @@ func ContextFromTar(ctx context.Context, r io.Reader, tmpDir string) (*StdinCont
 		return nil, fmt.Errorf("context from standard input: %w", err)
 	}
 	return c, nil
+}
+
+// heldTempDir makes a temp dir and holds its flock (on the dir itself)
+// until hold is closed: the store's sweep (store.Open, prune) removes it
+// only once this process is gone.
+func heldTempDir(tmpDir, prefix string) (dir string, hold *os.File, err error) {
+	for i := 0; i < 10; i++ {
+		if dir, err = os.MkdirTemp(tmpDir, prefix); err != nil {
+			return "", nil, err
+		}
+		if hold, err = os.Open(dir); err != nil {
+			return "", nil, err
+		}
+		held, err := flock.HoldCreated(hold)
+		if err != nil || held {
+			if err != nil {
+				hold.Close()
+				os.RemoveAll(dir)
+			}
+			return dir, hold, err
+		}
+		hold.Close() // swept before the lock: make another
+	}
+	return "", nil, fmt.Errorf("create a temp dir in %s: swept as it was made", tmpDir)
 }
 
 // isArchive tells a tar (by its ustar magic) or a gzip or zstd stream from
@@ -136,8 +164,9 @@ func Load(st *store.Store, path string, stdin io.Reader) ([]Loaded, error) {
 		if err != nil {
 			return nil, err
 		}
-		defer os.Remove(spooled)
-		path = spooled
+		defer spooled.Close()
+		defer os.Remove(spooled.Name())
+		path = spooled.Name()
 	}
 	imgs, err := archive.Read(path)
 	if err != nil {
@@ -163,19 +192,22 @@ func Load(st *store.Store, path string, stdin io.Reader) ([]Loaded, error) {
 	return out, nil
 }
 
-// spool copies r to a new file under root/tmp and returns its path.
-func spool(r io.Reader, root string) (string, error) {
-	f, err := os.CreateTemp(root+"/tmp", "load-*.tar")
+// spool copies r to a new file under root/tmp, flock-held (a killed
+// load's spool is swept by the next command, a live one never), and
+// returns it open: the caller removes and then closes it.
+func spool(r io.Reader, root string) (*os.File, error) {
+	f, err := flock.CreateTemp(root+"/tmp", "load-*.tar")
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	_, err = io.Copy(f, r)
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	if err == nil {
+		err = f.Sync()
 	}
 	if err != nil {
 		os.Remove(f.Name())
-		return "", fmt.Errorf("read the archive from standard input: %w", err)
+		f.Close()
+		return nil, fmt.Errorf("read the archive from standard input: %w", err)
 	}
-	return f.Name(), nil
+	return f, nil
 }

@@ -68,7 +68,7 @@ func (sn *Snapshotter) RestoreCacheMount(ctx context.Context, id string, opts Ca
 			return err
 		}
 		defer zr.Close()
-		return extractTarTo(ctx, tar.NewReader(zr), data, nil, cacheMountEntry)
+		return (&extractor{check: cacheMountEntry}).run(ctx, tar.NewReader(zr), data)
 	})
 	return made, err
 }

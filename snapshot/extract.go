@@ -14,11 +14,13 @@ import (
 	"time"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
-	"github.com/minibuild/minibuild/internal/compression"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
+	"github.com/minibuild/minibuild/internal/compression"
+	"github.com/minibuild/minibuild/internal/diskspace"
 	"github.com/minibuild/minibuild/internal/flock"
+	"github.com/minibuild/minibuild/layer"
 )
 
 const (
@@ -75,7 +77,11 @@ func (sn *Snapshotter) extractLayer(ctx context.Context, l Layer, id string) err
 	if err := os.Mkdir(root, 0o755); err != nil {
 		return fmt.Errorf("extract layer %s: %w", l.Digest, err)
 	}
-	diffID, err := Extract(ctx, rc, root)
+	what := fmt.Sprintf("extract layer %s", l.Digest)
+	diffID, err := extract(ctx, rc, root, &extractor{meter: sn.reserve.NewMeter(what)})
+	if errors.Is(err, diskspace.ErrLow) {
+		return err // the meter's error names the step
+	}
 	if err != nil {
 		return fmt.Errorf("extract layer %s: %w", l.Digest, err)
 	}
@@ -102,6 +108,10 @@ func Decompress(r io.Reader) (io.ReadCloser, error) {
 // symlink and hard link target is resolved inside root; ownership, modes,
 // mtimes, xattrs, devices and hard links are kept.
 func Extract(ctx context.Context, r io.Reader, root string) (digest.Digest, error) {
+	return extract(ctx, r, root, &extractor{})
+}
+
+func extract(ctx context.Context, r io.Reader, root string, x *extractor) (digest.Digest, error) {
 	zr, err := Decompress(r)
 	if err != nil {
 		return "", err
@@ -109,7 +119,7 @@ func Extract(ctx context.Context, r io.Reader, root string) (digest.Digest, erro
 	defer zr.Close()
 	dg := digest.Canonical.Digester()
 	tee := io.TeeReader(zr, dg.Hash())
-	if err := extractTar(ctx, tar.NewReader(tee), root); err != nil {
+	if err := x.run(ctx, tar.NewReader(tee), root); err != nil {
 		return "", err
 	}
 	// The diffID covers the tar's trailing padding too.
@@ -134,24 +144,57 @@ type dirTime struct {
 // type the image does not have, and a copy of the tree into a real rootfs
 // would carry the lie on.
 func ExtractTree(ctx context.Context, r io.Reader, root string) (devices []string, err error) {
-	zr, err := Decompress(r)
+	return ExtractLayers(ctx, []func() (io.ReadCloser, error){func() (io.ReadCloser, error) { return io.NopCloser(r), nil }}, root)
+}
+
+// ExtractLayers applies an image's layers (each opened by its func, bottom
+// first; compressed or not) to the dir root on the host, as ExtractTree
+// does for one tar: whiteouts remove what lower layers made and opaque
+// markers what they put in the dir, so the tree is the rootfs RUN sees,
+// duplicates and file/directory replacements decided by layer.Replaces in
+// the same order as in a layer dir (a flattened tar, as go-containerregistry's
+// mutate.Extract makes, keeps the first of two entries instead).
+func ExtractLayers(ctx context.Context, layers []func() (io.ReadCloser, error), root string) (devices []string, err error) {
+	for i, open := range layers {
+		if err := extractTreeLayer(ctx, open, root, &devices); err != nil {
+			return devices, fmt.Errorf("layer %d: %w", i+1, err)
+		}
+	}
+	return devices, nil
+}
+
+func extractTreeLayer(ctx context.Context, open func() (io.ReadCloser, error), root string, devices *[]string) error {
+	rc, err := open()
 	if err != nil {
-		return nil, err
+		return err
+	}
+	defer rc.Close()
+	zr, err := Decompress(rc)
+	if err != nil {
+		return err
 	}
 	defer zr.Close()
-	err = extractTarTo(ctx, tar.NewReader(zr), root, &devices, nil)
-	return devices, err
+	x := &extractor{devices: devices, apply: true, made: map[string]bool{}}
+	return x.run(ctx, tar.NewReader(zr), root)
+}
+
+// extractor unpacks one tar into a dir. By default the dir is a layer
+// dir (whiteouts kept in overlay's form); with apply it is a tree the tar
+// is applied to (whiteouts and opaque markers remove what is below).
+type extractor struct {
+	devices *[]string               // non-nil: char and block nodes recorded, not made
+	meter   *diskspace.Meter        // charged before each entry is written
+	check   func(*tar.Header) error // when set, refuses an entry before anything of it is written
+	apply   bool
+	made    map[string]bool // apply: paths this tar made (opaque markers keep them)
+	dirs    []dirTime
 }
 
 func extractTar(ctx context.Context, tr *tar.Reader, root string) error {
-	return extractTarTo(ctx, tr, root, nil, nil)
+	return (&extractor{}).run(ctx, tr, root)
 }
 
-// extractTarTo extracts tr into root; with devices non-nil, char and
-// block nodes are recorded there instead of made; check, when non-nil,
-// refuses an entry before anything of it is written.
-func extractTarTo(ctx context.Context, tr *tar.Reader, root string, devices *[]string, check func(*tar.Header) error) error {
-	var dirs []dirTime
+func (x *extractor) run(ctx context.Context, tr *tar.Reader, root string) error {
 	for n := 0; ; n++ {
 		if n%256 == 0 && ctx.Err() != nil {
 			return ctx.Err()
@@ -163,22 +206,48 @@ func extractTarTo(ctx context.Context, tr *tar.Reader, root string, devices *[]s
 		if err != nil {
 			return fmt.Errorf("read tar: %w", err)
 		}
-		if check != nil {
-			if err := check(hdr); err != nil {
+		if x.check != nil {
+			if err := x.check(hdr); err != nil {
 				return fmt.Errorf("extract %s: %w", hdr.Name, err)
 			}
 		}
-		if err := extractEntry(root, hdr, tr, &dirs, devices); err != nil {
+		if err := x.meter.Entry(entrySize(hdr)); err != nil {
+			return err
+		}
+		if err := x.entry(root, hdr, tr); err != nil {
 			return fmt.Errorf("extract %s: %w", hdr.Name, err)
 		}
 	}
-	// Directory mtimes last (and deepest first): creating children moved them.
-	for i := len(dirs) - 1; i >= 0; i-- {
-		if err := setTimes(dirs[i].path, dirs[i].mtime); err != nil {
-			return fmt.Errorf("set times of %s: %w", dirs[i].path, err)
+	return x.setDirTimes()
+}
+
+// setDirTimes sets directory mtimes last (and deepest first: creating
+// children moved them). Of two entries for one dir the later's time
+// stands; a dir a later entry replaced is skipped.
+func (x *extractor) setDirTimes() error {
+	done := make(map[string]bool, len(x.dirs))
+	for i := len(x.dirs) - 1; i >= 0; i-- {
+		d := x.dirs[i]
+		if done[d.path] {
+			continue
+		}
+		done[d.path] = true
+		if fi, err := os.Lstat(d.path); err != nil || !fi.IsDir() {
+			continue // replaced by a later entry (layer.Replaces)
+		}
+		if err := setTimes(d.path, d.mtime); err != nil {
+			return fmt.Errorf("set times of %s: %w", d.path, err)
 		}
 	}
 	return nil
+}
+
+// entrySize is what an entry writes: its body for a regular file.
+func entrySize(hdr *tar.Header) int64 {
+	if hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeRegA { //nolint:staticcheck // old tars still use '\x00'
+		return hdr.Size
+	}
+	return 0
 }
 
 // parentIn resolves the directory part of rel inside root (symlinks
@@ -206,7 +275,7 @@ func parentIn(root, rel string) (string, error) {
 	return p, nil
 }
 
-func extractEntry(root string, hdr *tar.Header, body io.Reader, dirs *[]dirTime, devices *[]string) error {
+func (x *extractor) entry(root string, hdr *tar.Header, body io.Reader) error {
 	rel := strings.TrimPrefix(path.Clean("/"+hdr.Name), "/") // no ".." can survive
 	switch hdr.Typeflag {
 	case tar.TypeXGlobalHeader, tar.TypeXHeader:
@@ -214,7 +283,7 @@ func extractEntry(root string, hdr *tar.Header, body io.Reader, dirs *[]dirTime,
 	}
 	if rel == "" {
 		if hdr.Typeflag == tar.TypeDir {
-			*dirs = append(*dirs, dirTime{root, hdr.ModTime})
+			x.dirs = append(x.dirs, dirTime{root, hdr.ModTime})
 			return applyMeta(root, hdr)
 		}
 		return nil
@@ -225,23 +294,28 @@ func extractEntry(root string, hdr *tar.Header, body io.Reader, dirs *[]dirTime,
 	}
 	base := path.Base(rel)
 	if strings.HasPrefix(base, whiteoutPrefix) {
+		if x.apply {
+			return x.applyWhiteout(root, parent, base)
+		}
 		return extractWhiteout(parent, base)
 	}
+	x.mark(root, parent, base)
 	target := filepath.Join(parent, base)
-	if fi, err := os.Lstat(target); err == nil && !(fi.IsDir() && hdr.Typeflag == tar.TypeDir) {
+	isDir := hdr.Typeflag == tar.TypeDir
+	if fi, err := os.Lstat(target); err == nil && layer.Replaces(fi.IsDir(), isDir) {
 		if err := removeAllForce(target); err != nil {
 			return err
 		}
 	}
-	if hdr.Typeflag == tar.TypeDir {
+	if isDir {
 		if err := os.Mkdir(target, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return err
 		}
-		*dirs = append(*dirs, dirTime{target, hdr.ModTime})
+		x.dirs = append(x.dirs, dirTime{target, hdr.ModTime})
 		return applyMeta(target, hdr) // its time is set once its content is in
 	}
-	if devices != nil && (hdr.Typeflag == tar.TypeChar || hdr.Typeflag == tar.TypeBlock) {
-		*devices = append(*devices, rel) // what was there is gone: later entries win
+	if x.devices != nil && (hdr.Typeflag == tar.TypeChar || hdr.Typeflag == tar.TypeBlock) {
+		*x.devices = append(*x.devices, rel) // what was there is gone: later entries win
 		return nil
 	}
 	if done, err := createEntry(root, target, hdr, body); err != nil || done {
@@ -251,6 +325,45 @@ func extractEntry(root string, hdr *tar.Header, body io.Reader, dirs *[]dirTime,
 		return err
 	}
 	return setTimes(target, hdr.ModTime)
+}
+
+// mark records, when applying, that this tar made parent/base and every
+// dir above it, so that an opaque marker keeps them.
+func (x *extractor) mark(root, parent, base string) {
+	if !x.apply {
+		return
+	}
+	for p := filepath.Join(parent, base); len(p) > len(root) && !x.made[p]; p = filepath.Dir(p) {
+		x.made[p] = true
+	}
+}
+
+// applyWhiteout applies a whiteout to a tree: .wh.NAME removes NAME, the
+// opaque marker removes what the dir held that this tar did not make.
+func (x *extractor) applyWhiteout(root, parent, base string) error {
+	switch {
+	case base == whiteoutOpaque:
+		x.mark(root, filepath.Dir(parent), filepath.Base(parent))
+		ents, err := os.ReadDir(parent)
+		if err != nil {
+			return err
+		}
+		for _, e := range ents {
+			if p := filepath.Join(parent, e.Name()); !x.made[p] {
+				if err := removeAllForce(p); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	case strings.HasPrefix(base, whiteoutMeta):
+		return nil
+	}
+	name := strings.TrimPrefix(base, whiteoutPrefix)
+	if name == "" || name == "." || name == ".." {
+		return fmt.Errorf("invalid whiteout name")
+	}
+	return removeAllForce(filepath.Join(parent, name))
 }
 
 // extractWhiteout turns the OCI whiteout base (.wh.NAME or the opaque

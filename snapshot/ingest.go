@@ -12,6 +12,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/minibuild/minibuild/internal/diskspace"
 	"github.com/minibuild/minibuild/internal/flock"
 )
 
@@ -54,7 +55,8 @@ func (sn *Snapshotter) NewIngest(ctx context.Context) (*Ingest, error) {
 	pr, pw := io.Pipe()
 	in := &Ingest{sn: sn, pw: pw, root: root, release: release, done: make(chan error, 1)}
 	go func() {
-		err := extractTar(ctx, tar.NewReader(pr), root)
+		x := &extractor{meter: sn.reserve.NewMeter("extract the new layer")}
+		err := x.run(ctx, tar.NewReader(pr), root)
 		if err == nil {
 			_, err = io.Copy(io.Discard, pr) // the tar's trailing padding
 		}
@@ -64,7 +66,9 @@ func (sn *Snapshotter) NewIngest(ctx context.Context) (*Ingest, error) {
 	return in, nil
 }
 
-// Write feeds the uncompressed tar stream. It never fails: a broken
+// Write feeds the uncompressed tar stream. It fails only when the disk is
+// too full for the extraction (diskspace.ErrLow: the layer would not fit
+// extracted either, so writing it on is pointless); any other broken
 // extraction only costs the optimization.
 func (in *Ingest) Write(p []byte) (int, error) {
 	in.mu.Lock()
@@ -73,6 +77,9 @@ func (in *Ingest) Write(p []byte) (int, error) {
 		if _, err := in.pw.Write(p); err != nil {
 			in.writeErr = err
 		}
+	}
+	if errors.Is(in.writeErr, diskspace.ErrLow) {
+		return 0, in.writeErr
 	}
 	return len(p), nil
 }
@@ -89,6 +96,11 @@ func (in *Ingest) wait(cause error) error {
 	})
 	return in.waitErr
 }
+
+// Err ends the stream and waits for the extraction: its error, nil when
+// it succeeded. A caller that must not record a layer the disk cannot
+// hold checks errors.Is(err, diskspace.ErrLow) before committing the blob.
+func (in *Ingest) Err() error { return in.wait(nil) }
 
 func (in *Ingest) cleanup() { in.releaseOnce.Do(func() { in.release() }) }
 

@@ -27,6 +27,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/minibuild/minibuild/internal/diskspace"
 	"github.com/minibuild/minibuild/layer"
 	"github.com/minibuild/minibuild/mount"
 )
@@ -62,6 +63,8 @@ type Snapshotter struct {
 	tmpDir    string
 	cacheDir  string
 	kind      Kind
+	// reserve is the free space extraction keeps (SetMinFreeSpace).
+	reserve diskspace.Reserve
 	// mu guards the settled choice (see Probe): copying, and fallback,
 	// why overlay was refused, reported once.
 	mu           sync.Mutex
@@ -97,6 +100,15 @@ func New(root string, blobs BlobOpener) (*Snapshotter, error) {
 		}
 	}
 	return sn, nil
+}
+
+// SetMinFreeSpace makes every layer extraction (from a blob, or Ingest)
+// fail, wrapping diskspace.ErrLow, rather than leave less than n bytes
+// free on the filesystem under root; the partial extraction is removed
+// and nothing is recorded. 0 (the default) disables the guard. Call it
+// before the snapshotter is used.
+func (sn *Snapshotter) SetMinFreeSpace(n int64) {
+	sn.reserve = diskspace.Reserve{Dir: sn.tmpDir, Bytes: n}
 }
 
 // Snapshot is a writable view over a layer chain: extracted lower dirs plus

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/minibuild/minibuild/internal/flock"
 )
 
 // BlobWriter writes one blob to a temp file under root/tmp, hashing as it
@@ -24,12 +26,14 @@ type BlobWriter struct {
 	done bool
 }
 
-// NewBlobWriter starts a blob write.
+// NewBlobWriter starts a blob write. Its temp file under root/tmp is
+// flock-held until Commit or Abort: a killed writer's is swept by the
+// next Open (or prune), a live one's never.
 func (s *Store) NewBlobWriter() (*BlobWriter, error) {
 	if err := s.writeLease(); err != nil {
 		return nil, err
 	}
-	f, err := os.CreateTemp(filepath.Join(s.root, "tmp"), "blob-")
+	f, err := flock.CreateTemp(filepath.Join(s.root, "tmp"), "blob-")
 	if err != nil {
 		return nil, fmt.Errorf("create blob temp file: %w", err)
 	}
@@ -82,11 +86,10 @@ func (bw *BlobWriter) Commit(expected digest.Digest) error {
 	if err := bw.f.Sync(); err != nil {
 		return fmt.Errorf("commit blob %s: sync: %w", got, err)
 	}
-	if err := bw.f.Close(); err != nil {
-		return fmt.Errorf("commit blob %s: close: %w", got, err)
-	}
 	// Blobs are immutable: make that visible in the permissions too.
-	if err := os.Chmod(bw.f.Name(), 0o444); err != nil {
+	// The file stays open (its flock held, see NewBlobWriter) until it
+	// is renamed, so that no sweep can take it.
+	if err := bw.f.Chmod(0o444); err != nil {
 		return fmt.Errorf("commit blob %s: %w", got, err)
 	}
 	// rename(2) atomically replaces an identical blob another writer
@@ -98,6 +101,7 @@ func (bw *BlobWriter) Commit(expected digest.Digest) error {
 		return fmt.Errorf("commit blob %s: %w", got, err)
 	}
 	bw.done = true
+	bw.f.Close() // synced: a close error loses nothing
 	return syncDir(filepath.Dir(dst))
 }
 
@@ -107,8 +111,8 @@ func (bw *BlobWriter) Abort() {
 		return
 	}
 	bw.done = true
-	bw.f.Close()
 	os.Remove(bw.f.Name())
+	bw.f.Close()
 }
 
 // PutBlob stores the content of r under expected (see BlobWriter.Commit).

@@ -28,14 +28,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/minibuild/minibuild/internal/atomicfile"
+	"github.com/minibuild/minibuild/internal/flock"
 )
 
 // ErrNotFound is returned (wrapped) for a missing blob, image or tag.
 var ErrNotFound = errors.New("not found")
-
-// staleTemp is how old an in-flight write must be before Open removes it:
-// far longer than any write, so a live writer in another process is safe.
-const staleTemp = 24 * time.Hour
 
 // Store is a content store rooted at a directory. It is safe for concurrent
 // use by goroutines and by processes.
@@ -65,19 +62,19 @@ func Open(root string) (*Store, error) {
 // Root is the store's directory.
 func (s *Store) Root() string { return s.root }
 
-// removeStaleTemps deletes temp files a crashed writer left behind.
+// removeStaleTemps deletes what killed writers left: temp blobs and
+// spools in root/tmp, and the state's own temp files beside it. Every
+// writer holds a flock on its temp file while it lives (internal/flock),
+// so a live process's file is never touched, however old.
 func (s *Store) removeStaleTemps() {
-	dir := filepath.Join(s.root, "tmp")
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return
-	}
-	for _, e := range ents {
-		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > staleTemp {
-			os.Remove(filepath.Join(dir, e.Name()))
-		}
-	}
+	flock.Sweep(filepath.Join(s.root, "tmp"), nil)
+	atomicfile.SweepDir(s.root)
 }
+
+// SweepTemps is what Open does first, for prune: it removes the temp
+// files and dirs under root/tmp (and beside the store's state) that no
+// live process holds.
+func (s *Store) SweepTemps() { s.removeStaleTemps() }
 
 // state is the content of images.json.
 type state struct {

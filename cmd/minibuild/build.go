@@ -203,6 +203,9 @@ func (b *buildOptions) run(ctx context.Context, contextDir string, prog progress
 	if err := openStores(b.global.root, b.snapshotter, &opts); err != nil {
 		return nil, err
 	}
+	if err := applyDiskFlags(b.global, &opts); err != nil {
+		return nil, err
+	}
 	return export.Build(ctx, opts, plan)
 }
 

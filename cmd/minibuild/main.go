@@ -75,6 +75,7 @@ func progressIsJSON(cmd *cobra.Command, args []string) bool {
 type globalOptions struct {
 	root          string
 	gcKeepStorage string // --gc-keep-storage (autogc.go)
+	minFreeSpace  string // --min-free-space (diskflags.go)
 }
 
 func newRootCommand() *cobra.Command {
@@ -113,6 +114,7 @@ first step whose key changed.
 	root.PersistentFlags().StringVar(&g.root, "root", defaultRoot(), "directory holding everything minibuild keeps (env MINIBUILD_ROOT)")
 	addBuildFlags(root, b)
 	addGCFlags(root, g)
+	addDiskFlags(root, g)
 	root.AddCommand(newBuildCommand(g), newImagesCommand(g), newInspectCommand(g), newHistoryCommand(g),
 		newTagCommand(g), newRmiCommand(g), newSaveCommand(g), newLoadCommand(g),
 		newPushCommand(g), newPullCommand(g), newLoginCommand(), newLogoutCommand(), newPruneCommand(g), newVersionCommand(),

@@ -18,6 +18,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
+
+	"github.com/minibuild/minibuild/internal/flock"
 )
 
 // File is a replacement for a path in the making; nothing is at the path
@@ -39,9 +42,16 @@ func Create(path string, perm os.FileMode) (*File, error) {
 	return &File{f: f, path: path}, nil
 }
 
-// createTemp opens a new, uniquely named file beside path.
+// tempPrefix is the name of path's temp files less their random tail.
+func tempPrefix(path string) string {
+	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
+}
+
+// createTemp opens a new, uniquely named file beside path and holds its
+// flock (internal/flock) until it is closed, so that Sweep never removes
+// it while this process lives.
 func createTemp(path string, perm os.FileMode) (*os.File, error) {
-	prefix := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
+	prefix := tempPrefix(path)
 	for i := 0; ; i++ {
 		var b [8]byte
 		if _, err := rand.Read(b[:]); err != nil {
@@ -51,8 +61,39 @@ func createTemp(path string, perm os.FileMode) (*os.File, error) {
 		if errors.Is(err, fs.ErrExist) && i < 100 {
 			continue
 		}
-		return f, err
+		if err != nil {
+			return nil, err
+		}
+		held, err := flock.HoldCreated(f)
+		if err != nil || !held && i >= 100 {
+			f.Close()
+			return nil, fmt.Errorf("lock temp file: %v", err)
+		}
+		if !held {
+			f.Close() // a sweeper took it before the lock: make another
+			continue
+		}
+		return f, nil
 	}
+}
+
+// Sweep removes the temp files a killed writer of path left beside it
+// (".NAME.tmp-*"), never one a live process holds.
+func Sweep(path string) error {
+	prefix := filepath.Base(tempPrefix(path))
+	_, err := flock.Sweep(filepath.Dir(path), func(name string) bool { return strings.HasPrefix(name, prefix) })
+	return err
+}
+
+// SweepDir is Sweep for every path in dir.
+func SweepDir(dir string) error {
+	_, err := flock.Sweep(dir, IsTemp)
+	return err
+}
+
+// IsTemp reports whether a file name is one of this package's temp names.
+func IsTemp(name string) bool {
+	return strings.HasPrefix(name, ".") && strings.Contains(name, ".tmp-")
 }
 
 // Write writes to the temp file.
@@ -79,13 +120,12 @@ func (f *File) commit() error {
 	if err := f.f.Sync(); err != nil {
 		return err
 	}
-	if err := f.f.Close(); err != nil {
-		return err
-	}
+	// Renamed before it is closed: the flock keeps sweepers off until then.
 	if err := os.Rename(f.f.Name(), f.path); err != nil {
 		return err
 	}
 	f.done = true
+	f.f.Close() // synced: a close error loses nothing
 	d, err := os.Open(filepath.Dir(f.path))
 	if err != nil {
 		return err
@@ -101,8 +141,8 @@ func (f *File) Abort() {
 		return
 	}
 	f.done = true
-	f.f.Close()
 	os.Remove(f.f.Name())
+	f.f.Close()
 }
 
 // WriteFile replaces path with data, giving it exactly perm.
