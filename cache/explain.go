@@ -127,7 +127,7 @@ func diffInputs(old, cur map[string]string) []Change {
 
 // readable tells the inputs whose values mean something to a person.
 func readable(name string) bool {
-	return strings.HasPrefix(name, "build arg ") || name == "network"
+	return strings.HasPrefix(name, "build arg ") || name == "network" || name == "add-host"
 }
 
 // diffVars lists the variables the instruction's text refers to whose

@@ -39,8 +39,10 @@ type Inputs struct {
 	// their expanded text.
 	BuildArgs []string
 	// Network is a RUN's network mode: a step run without a network may
-	// well have produced something else.
+	// well have produced something else. Hosts are the --add-host entries
+	// its /etc/hosts gains (BuildKit keys an exec on its extra hosts too).
 	Network string
+	Hosts   []string
 	// Files is the tree digest of exactly what a COPY or ADD lands: path,
 	// type, mode, owner, content and link target of each entry.
 	Files digest.Digest
@@ -103,6 +105,10 @@ func (in *Inputs) encode(h hash.Hash) {
 		writeField(h, "network")
 		writeField(h, in.Network)
 	}
+	if len(in.Hosts) > 0 {
+		writeField(h, "hosts")
+		writeList(h, in.Hosts)
+	}
 	if in.Files != "" {
 		writeField(h, "files")
 		writeField(h, string(in.Files))
@@ -136,6 +142,9 @@ func (in *Inputs) Names() map[string]string {
 	}
 	if in.Network != "" {
 		m["network"] = in.Network
+	}
+	if len(in.Hosts) > 0 {
+		m["add-host"] = strings.Join(in.Hosts, ",")
 	}
 	for _, mi := range in.Mounts {
 		m["mount "+mi.Target] = mi.Tree.String()

@@ -84,6 +84,9 @@ type Policy struct {
 	// Network is the RUN network mode when a RUN has no --network:
 	// "default" (or ""), "host" or "none".
 	Network string
+	// ExtraHosts ("host:ip", --add-host) are added to RUN's /etc/hosts,
+	// and to its key.
+	ExtraHosts []string
 	// AllowInsecure lets RUN --security=insecure run without the seccomp
 	// filter and with every capability (buildx: --allow security.insecure);
 	// without it such a RUN is an error.

@@ -54,6 +54,7 @@ func newRunOp(ctx context.Context, s *step, c *instructions.RunCommand) (*runOp,
 func (o *runOp) inputs(in *cache.Inputs) {
 	in.BuildArgs = o.args
 	in.Network = string(o.network)
+	in.Hosts = o.s.run.b.opts.ExtraHosts
 	for _, rm := range o.mounts {
 		if rm.tree != "" {
 			in.Mounts = append(in.Mounts, cache.MountInput{Target: rm.target, Tree: rm.tree})
@@ -235,19 +236,20 @@ func (s *step) runSpec(ctx context.Context, c *instructions.RunCommand, ms *moun
 		cwd = "/"
 	}
 	return sandbox.Spec{
-		Args:      s.runArgs(c),
-		Env:       runEnv(append(s.run.scope.RunEnv(), ms.env...), id),
-		Cwd:       cwd,
-		UID:       id.UID,
-		GID:       id.GID,
-		ExtraGIDs: id.Groups,
-		Hostname:  runHostname,
-		Mounts:    ms.mounts,
-		Files:     ms.files,
-		Network:   network,
-		Insecure:  instructions.GetSecurity(c) == instructions.SecurityInsecure,
-		Stdout:    out,
-		Stderr:    out,
+		Args:       s.runArgs(c),
+		Env:        runEnv(append(s.run.scope.RunEnv(), ms.env...), id),
+		Cwd:        cwd,
+		UID:        id.UID,
+		GID:        id.GID,
+		ExtraGIDs:  id.Groups,
+		Hostname:   runHostname,
+		Mounts:     ms.mounts,
+		Files:      ms.files,
+		Network:    network,
+		Insecure:   instructions.GetSecurity(c) == instructions.SecurityInsecure,
+		ExtraHosts: s.run.b.opts.ExtraHosts,
+		Stdout:     out,
+		Stderr:     out,
 	}, nil
 }
 

@@ -230,8 +230,8 @@ func mountPseudo(root string, spec *initSpec) error {
 		if !ok {
 			continue
 		}
-		if f == "etc/resolv.conf" && spec.ResolvConf != nil {
-			if err := mountFile(root, dst, File{Data: spec.ResolvConf, Mode: 0o644}, -1); err != nil {
+		if data := replaced(spec, f); data != nil {
+			if err := mountFile(root, dst, File{Data: data, Mode: 0o644}, -1); err != nil {
 				return fmt.Errorf("mount /%s: %w", f, err)
 			}
 			continue
@@ -245,6 +245,18 @@ func mountPseudo(root string, spec *initSpec) error {
 		if err := restrictBind(dst, true); err != nil {
 			return fmt.Errorf("bind /%s read-only: %w", f, err)
 		}
+	}
+	return nil
+}
+
+// replaced is what the step sees instead of the host's file f, if any:
+// the private network's resolv.conf, --add-host's hosts.
+func replaced(spec *initSpec, f string) []byte {
+	switch f {
+	case "etc/resolv.conf":
+		return spec.ResolvConf
+	case "etc/hosts":
+		return spec.Hosts
 	}
 	return nil
 }

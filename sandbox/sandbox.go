@@ -57,8 +57,11 @@ type Spec struct {
 	// capability, /proc and /sys unmasked. The caller decides whether it
 	// is allowed; fds, namespaces and nodev stay.
 	Insecure bool
-	Stdout   io.Writer
-	Stderr   io.Writer
+	// ExtraHosts ("host:ip", --add-host) are added to the host's
+	// /etc/hosts the step sees.
+	ExtraHosts []string
+	Stdout     io.Writer
+	Stderr     io.Writer
 }
 
 // Network is a RUN's network mode.
@@ -115,7 +118,9 @@ type initSpec struct {
 	// ResolvConf, when set, replaces the host's /etc/resolv.conf (the
 	// private network's resolver is its helper's).
 	ResolvConf []byte `json:",omitempty"`
-	Insecure   bool
+	// Hosts, when set, replaces the host's /etc/hosts (--add-host).
+	Hosts    []byte `json:",omitempty"`
+	Insecure bool
 }
 
 // initStatus is what the init reports back when setup fails.
@@ -158,6 +163,7 @@ func Run(ctx context.Context, spec Spec) error {
 		Rootfs: spec.Rootfs, Args: spec.Args, Env: spec.Env, Cwd: spec.Cwd,
 		UID: spec.UID, GID: spec.GID, ExtraGIDs: spec.ExtraGIDs, Hostname: spec.Hostname,
 		Mounts: spec.Mounts, Files: spec.Files, Network: spec.Network, Insecure: spec.Insecure,
+		Hosts: hostsWith(spec.ExtraHosts),
 	}
 	cloneflags := uintptr(syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC)
 	helperPath := ""
@@ -307,4 +313,21 @@ func (p *initProc) wait(ctx context.Context) error {
 		return fmt.Errorf("sandbox: %w", werr)
 	}
 	return nil
+}
+
+// hostsWith is the host's /etc/hosts with the extra "host:ip" entries
+// after it, as docker's --add-host writes them; nil when there are none.
+func hostsWith(extra []string) []byte {
+	if len(extra) == 0 {
+		return nil
+	}
+	b, _ := os.ReadFile("/etc/hosts")
+	if len(b) > 0 && b[len(b)-1] != '\n' {
+		b = append(b, '\n')
+	}
+	for _, h := range extra {
+		name, ip, _ := strings.Cut(h, ":")
+		b = append(b, ip+"\t"+name+"\n"...)
+	}
+	return b
 }

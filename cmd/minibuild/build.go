@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -47,6 +48,7 @@ type buildOptions struct {
 	annotations  []string
 	contexts     []string
 	allow        []string // --allow entitlements
+	addHosts     []string // --add-host host:ip
 	// RUN sandbox: --secret, --network, --snapshotter
 	secrets     []string
 	network     string
@@ -74,6 +76,7 @@ func addBuildFlags(cmd *cobra.Command, b *buildOptions) {
 	f.StringArrayVar(&b.insecure, "insecure-registry", nil, "registry host reached over plain http")
 	f.IntVar(&b.jobs, "jobs", 0, "how many stages may build at once (default: the number of CPUs)")
 	addRemoteFlags(cmd, &b.remote)
+	f.StringArrayVar(&b.addHosts, "add-host", nil, "add a host-to-IP mapping (host:ip) to RUN's /etc/hosts; repeatable")
 	f.StringArrayVar(&b.allow, "allow", nil, "extra privileges (buildx entitlements): security.insecure lets RUN --security=insecure run without seccomp and with all capabilities; network.host is always allowed")
 	f.StringArrayVar(&b.contexts, "build-context", nil, "named context NAME=DIR or NAME=docker-image://REF, for FROM NAME and --from=NAME; repeatable")
 	f.StringArrayVar(&b.secrets, "secret", nil, "secret for RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR; repeatable")
@@ -286,6 +289,10 @@ func (b *buildOptions) executorOptions(contextDir string, dockerfile []byte) (ex
 	if err != nil {
 		return opts, err
 	}
+	hosts, err := extraHosts(b.addHosts)
+	if err != nil {
+		return opts, err
+	}
 	return executor.Options{
 		Services: executor.Services{StateDir: filepath.Join(b.global.root, "buildctx")},
 		Input: executor.Input{
@@ -306,8 +313,26 @@ func (b *buildOptions) executorOptions(contextDir string, dockerfile []byte) (ex
 			Network:       b.network,
 			Jobs:          b.jobs,
 			AllowInsecure: insecure,
+			ExtraHosts:    hosts,
 		},
 	}, nil
+}
+
+// extraHosts checks --add-host values, docker's "host:ip" (or buildx's
+// "host=ip"), and returns them as "host:ip".
+func extraHosts(flags []string) ([]string, error) {
+	var out []string
+	for _, f := range flags {
+		name, ip, ok := strings.Cut(f, "=")
+		if !ok {
+			name, ip, ok = strings.Cut(f, ":")
+		}
+		if !ok || name == "" || net.ParseIP(ip) == nil {
+			return nil, fmt.Errorf("--add-host %q: want HOST:IP (an IP address; host-gateway is not supported)", f)
+		}
+		out = append(out, name+":"+ip)
+	}
+	return out, nil
 }
 
 // entitlements parses --allow as buildx does: security.insecure, and

@@ -213,3 +213,25 @@ func TestBuildContexts(t *testing.T) {
 		t.Errorf("a git context: exit %d\n%s", r.code, r.stderr)
 	}
 }
+
+// --add-host adds entries to RUN's /etc/hosts (not the image's), and
+// enters the RUN's key: another mapping reruns the step, saying why.
+func TestAddHost(t *testing.T) {
+	e := newEnv(t)
+	ctx := project(t, "FROM busybox\nRUN grep db.internal /etc/hosts > /seen\n", nil)
+	out := filepath.Join(t.TempDir(), "rootfs")
+	e.build(ctx, nil, "--add-host", "db.internal:10.1.2.3", "-o", "type=local,dest="+out)
+	if got := strings.Fields(readFile(t, filepath.Join(out, "seen"))); len(got) != 2 || got[0] != "10.1.2.3" || got[1] != "db.internal" {
+		t.Errorf("RUN's /etc/hosts line: %q", got)
+	}
+	if _, err := os.Stat(filepath.Join(out, "etc", "hosts")); err == nil {
+		t.Error("/etc/hosts leaked into the image")
+	}
+	b := e.build(ctx, nil, "--add-host", "db.internal:10.9.9.9")
+	if i := b.find(t, "RUN grep"); b.steps[i].Status != "done" || !strings.Contains(b.reasons(i), "add-host changed") {
+		t.Errorf("another --add-host: %s%s", b.reasons(i), b.describe())
+	}
+	if r := e.run(runOpts{}, "build", "--add-host", "db:not-an-ip", ctx); r.code == 0 || !strings.Contains(r.stderr, "--add-host") {
+		t.Errorf("a bad --add-host: exit %d\n%s", r.code, r.stderr)
+	}
+}
