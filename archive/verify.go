@@ -38,11 +38,13 @@ func verifyImage(img v1.Image, blobs bool, names []string) error {
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	if n, d := len(m.Layers), len(cf.RootFS.DiffIDs); n != d {
-		return fmt.Errorf("the manifest lists %d layers, the config %d diff_ids", n, d)
+	pairs, err := layer.Pairs(m, cf)
+	if err != nil {
+		return err
 	}
-	for i, desc := range m.Layers {
-		want := layer.Descriptor{DiffID: digest.Digest(cf.RootFS.DiffIDs[i].String())}
+	for i, p := range pairs {
+		desc := p.Desc
+		want := layer.Descriptor{DiffID: digest.Digest(p.DiffID.String())}
 		if blobs {
 			want.Digest, want.Size = digest.Digest(desc.Digest.String()), desc.Size
 		}

@@ -34,12 +34,13 @@ func stateFromImage(img v1.Image) (*imageState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read base config: %w", err)
 	}
-	if len(cf.RootFS.DiffIDs) != len(m.Layers) {
-		return nil, fmt.Errorf("base image has %d layers but %d diff ids", len(m.Layers), len(cf.RootFS.DiffIDs))
+	pairs, err := layer.Pairs(m, cf)
+	if err != nil {
+		return nil, fmt.Errorf("base image: %w", err)
 	}
 	st := &imageState{config: *cf.DeepCopy()}
-	for i, l := range m.Layers {
-		st.layers = append(st.layers, layer.FromV1(l, cf.RootFS.DiffIDs[i]))
+	for _, p := range pairs {
+		st.layers = append(st.layers, p.Descriptor())
 	}
 	return st, nil
 }

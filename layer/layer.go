@@ -57,6 +57,30 @@ func FromV1(desc v1.Descriptor, diffID v1.Hash) Descriptor {
 		Size: desc.Size, MediaType: ociMediaType(desc.MediaType)}
 }
 
+// Pair is one layer as an image names it: the manifest's descriptor and
+// the config's diffID at the same index.
+type Pair struct {
+	Desc   v1.Descriptor
+	DiffID v1.Hash
+}
+
+// Descriptor is the pair as minibuild's layer identity.
+func (p Pair) Descriptor() Descriptor { return FromV1(p.Desc, p.DiffID) }
+
+// Pairs pairs a manifest's layers with its config's diff_ids, in order,
+// refusing a manifest and a config that disagree on how many there are:
+// the one place an image's layers meet their content digests.
+func Pairs(m *v1.Manifest, cf *v1.ConfigFile) ([]Pair, error) {
+	if n, d := len(m.Layers), len(cf.RootFS.DiffIDs); n != d {
+		return nil, fmt.Errorf("the manifest lists %d layers, the config %d diff_ids", n, d)
+	}
+	out := make([]Pair, len(m.Layers))
+	for i, d := range m.Layers {
+		out[i] = Pair{Desc: d, DiffID: cf.RootFS.DiffIDs[i]}
+	}
+	return out, nil
+}
+
 // V1 is the layer as a manifest names it, and its diffID as a config does.
 func (d Descriptor) V1() (v1.Descriptor, v1.Hash, error) {
 	h, err := v1.NewHash(string(d.Digest))

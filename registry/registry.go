@@ -179,13 +179,14 @@ func manifestLayers(img v1.Image, m *v1.Manifest) ([]pulledLayer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	if n, d := len(m.Layers), len(cf.RootFS.DiffIDs); n != d {
-		return nil, fmt.Errorf("the manifest lists %d layers, the config %d diff_ids", n, d)
+	pairs, err := layer.Pairs(m, cf)
+	if err != nil {
+		return nil, err
 	}
 	var out []pulledLayer
 	seen := map[v1.Hash]v1.Hash{}
-	for i, d := range m.Layers {
-		id := cf.RootFS.DiffIDs[i]
+	for _, p := range pairs {
+		d, id := p.Desc, p.DiffID
 		if prev, ok := seen[d.Digest]; ok {
 			if prev != id {
 				return nil, fmt.Errorf("layer %s: the config names two diff_ids for it (%s, %s)", d.Digest, prev, id)
@@ -193,8 +194,7 @@ func manifestLayers(img v1.Image, m *v1.Manifest) ([]pulledLayer, error) {
 			continue // a layer listed twice is fetched once
 		}
 		seen[d.Digest] = id
-		out = append(out, pulledLayer{desc: d, want: layer.Descriptor{
-			Digest: digest.Digest(d.Digest.String()), DiffID: digest.Digest(id.String()), Size: d.Size}})
+		out = append(out, pulledLayer{desc: d, want: p.Descriptor()})
 	}
 	return out, nil
 }

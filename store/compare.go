@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/minibuild/minibuild/layer"
 )
 
 // Relation says how two images' step at one position compare.
@@ -125,12 +126,13 @@ func imageSteps(img v1.Image) ([]Step, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read manifest: %w", err)
 	}
-	if len(cf.RootFS.DiffIDs) != len(m.Layers) {
-		return nil, fmt.Errorf("config names %d layers, manifest %d", len(cf.RootFS.DiffIDs), len(m.Layers))
+	pairs, err := layer.Pairs(m, cf)
+	if err != nil {
+		return nil, err
 	}
-	layers := make([]LayerRef, len(m.Layers))
-	for i, l := range m.Layers {
-		layers[i] = LayerRef{Digest: l.Digest, DiffID: cf.RootFS.DiffIDs[i], Size: l.Size}
+	layers := make([]LayerRef, len(pairs))
+	for i, p := range pairs {
+		layers[i] = LayerRef{Digest: p.Desc.Digest, DiffID: p.DiffID, Size: p.Desc.Size}
 	}
 	withLayer := 0
 	for _, h := range cf.History {
