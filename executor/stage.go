@@ -92,17 +92,11 @@ func (r *stageRun) from(ctx context.Context) (digest.Digest, []parser.Step, erro
 		r.state, key = scratchState(), cache.FromKey("scratch")
 		r.base = "scratch"
 	default:
-		img, _, pulled, err := b.baseImage(ctx, base.image)
-		var id v1.Hash
-		if err == nil {
-			r.state, err = stateFromImage(img)
-		}
-		if err == nil {
-			// The image id (config digest: diff_ids and config), not the
-			// manifest: the same base pulled, loaded from a docker-archive
-			// or an OCI layout keys the same.
-			id, err = img.ConfigName()
-		}
+		// The key is the image id (config digest: diff_ids and config),
+		// not the manifest: the same base pulled, loaded from a
+		// docker-archive or an OCI layout keys the same.
+		st, id, pulled, err := b.baseImage(ctx, base.image)
+		r.state = st
 		if err != nil {
 			r.steps = len(stage.Steps) + 1
 			r.report(Event{Step: 1, Instruction: fromText, Status: StatusError, Reason: err.Error()})
@@ -170,55 +164,54 @@ func onbuildSteps(file string, line int, triggers []string) ([]parser.Step, erro
 	return steps, nil
 }
 
-// baseImage finds a base image in the store, or pulls it. pulled reports
-// a registry fetch.
-func (b *builder) baseImage(ctx context.Context, ref string) (v1.Image, v1.Hash, bool, error) {
-	if !b.opts.Pull {
-		img, err := b.opts.Store.Image(ref)
-		if err == nil {
-			if err := b.hold(img); err != nil {
-				return nil, v1.Hash{}, false, err
-			}
-			// Held now: if a collection removed the image just before,
-			// its blobs are gone and opening it again says so.
-			if img, err = b.opts.Store.Image(ref); err != nil {
-				return nil, v1.Hash{}, false, err
-			}
-			h, err := img.Digest()
-			return img, h, false, err
-		}
-		if !errors.Is(err, store.ErrNotFound) {
-			return nil, v1.Hash{}, false, err
-		}
-	}
-	img, h, err := registry.Pull(ctx, b.opts.Store, ref, registry.Options{Insecure: b.opts.Insecure})
+// baseImage finds a base image in the store, or pulls it, and returns
+// its state and id, its blobs held in the build's lease against a
+// concurrent garbage collector. pulled reports a registry fetch.
+func (b *builder) baseImage(ctx context.Context, ref string) (*imageState, v1.Hash, bool, error) {
+	img, pulled, err := b.findImage(ctx, ref)
 	if err != nil {
-		return nil, v1.Hash{}, false, fmt.Errorf("not found in the local store, and pulling it failed: %w", err)
+		return nil, v1.Hash{}, false, err
 	}
-	return img, h, true, b.hold(img)
-}
-
-// hold adds an image's blobs to the build's lease, so that a concurrent
-// garbage collector keeps them while the build reads them.
-func (b *builder) hold(img v1.Image) error {
-	m, err := img.Manifest()
+	st, err := stateFromImage(img)
 	if err != nil {
-		return err
+		return nil, v1.Hash{}, false, err
 	}
 	md, err := img.Digest()
 	if err != nil {
-		return err
+		return nil, v1.Hash{}, false, err
 	}
-	ds := []digest.Digest{digest.Digest(md.String()), digest.Digest(m.Config.Digest.String())}
-	for _, l := range m.Layers {
-		ds = append(ds, digest.Digest(l.Digest.String()))
+	id, err := img.ConfigName()
+	if err != nil {
+		return nil, v1.Hash{}, false, err
 	}
-	if cf, err := img.ConfigFile(); err == nil {
-		for _, d := range cf.RootFS.DiffIDs {
-			ds = append(ds, digest.Digest(d.String())) // their extracted dirs
+	ds := []digest.Digest{digest.Digest(md.String()), digest.Digest(id.String())}
+	for _, l := range st.layers {
+		ds = append(ds, l.Digest, l.DiffID) // the blobs and their extracted dirs
+	}
+	if err := b.lease.Add(ds...); err != nil {
+		return nil, v1.Hash{}, false, err
+	}
+	// Held now: if a collection removed the image before the lease, its
+	// manifest is gone, and that says so.
+	if !b.opts.Store.HasBlob(digest.Digest(md.String())) {
+		return nil, v1.Hash{}, false, fmt.Errorf("%s: removed while being opened: %w", ref, store.ErrNotFound)
+	}
+	return st, id, pulled, nil
+}
+
+// findImage opens a base image from the store, else pulls it.
+func (b *builder) findImage(ctx context.Context, ref string) (v1.Image, bool, error) {
+	if !b.opts.Pull {
+		img, err := b.opts.Store.Image(ref)
+		if err == nil || !errors.Is(err, store.ErrNotFound) {
+			return img, false, err
 		}
 	}
-	return b.lease.Add(ds...)
+	img, _, err := registry.Pull(ctx, b.opts.Store, ref, registry.Options{Insecure: b.opts.Insecure})
+	if err != nil {
+		return nil, false, fmt.Errorf("not found in the local store, and pulling it failed: %w", err)
+	}
+	return img, true, nil
 }
 
 // context opens the build context on first use: a Dockerfile without
@@ -249,11 +242,8 @@ func (r *stageRun) fromSource(ctx context.Context, from string) (*buildctx.Conte
 	case src.isStage():
 		st = r.b.stage(src.stage).state
 	default:
-		img, _, _, err := r.b.baseImage(ctx, src.image)
-		if err == nil {
-			st, err = stateFromImage(img)
-		}
-		if err != nil {
+		var err error
+		if st, _, _, err = r.b.baseImage(ctx, src.image); err != nil {
 			return nil, fmt.Errorf("--from=%s: %w", from, err)
 		}
 	}
