@@ -23,11 +23,22 @@ type CacheSource interface {
 	FetchLayer(ctx context.Context, l layer.Descriptor) error
 }
 
+// LazySource is a CacheSource whose layers can stay in their registry: a
+// hit records its layer as a remote blob of the store (store.RemoteBlob)
+// instead of downloading it, and the store fetches it when something
+// reads it (a later RUN's rootfs, an output, a push elsewhere). The
+// executor discovers it by type assertion.
+type LazySource interface {
+	// LazyLayer makes l usable from the store: present, or remote.
+	LazyLayer(ctx context.Context, l layer.Descriptor) error
+}
+
 // lookup finds a usable record for key: in the local index with its layer
-// in the store, else in an imported source whose layer can be fetched. A
-// remote hit is written to the local index (after its blob), so the next
-// build hits locally and --cache-to can export it. A source that fails to
-// deliver is a miss with a warning, never a failed build.
+// in the store (or remote, store.RemoteBlob), else in an imported source
+// whose layer can be fetched or recorded as remote. A remote hit is
+// written to the local index (after its blob or remote record), so the
+// next build hits locally and --cache-to can export it. A source that
+// fails to deliver is a miss with a warning, never a failed build.
 func (s *step) lookup(ctx context.Context, key digest.Digest, in *cache.Inputs) (*cache.Record, bool) {
 	b := s.run.b
 	rec, err := b.opts.Cache.Get(key)
@@ -40,7 +51,7 @@ func (s *step) lookup(ctx context.Context, key digest.Digest, in *cache.Inputs) 
 			continue
 		}
 		if rec.Layer != nil {
-			if err := src.FetchLayer(ctx, *rec.Layer); err != nil {
+			if err := useLayer(ctx, src, *rec.Layer); err != nil {
 				b.warn("cache import: " + err.Error())
 				continue
 			}
@@ -57,16 +68,25 @@ func (s *step) lookup(ctx context.Context, key digest.Digest, in *cache.Inputs) 
 	return nil, false
 }
 
+// useLayer makes an imported record's layer usable: lazily when the
+// source can, else fetched.
+func useLayer(ctx context.Context, src CacheSource, l layer.Descriptor) error {
+	if ls, ok := src.(LazySource); ok {
+		return ls.LazyLayer(ctx, l)
+	}
+	return src.FetchLayer(ctx, l)
+}
+
 // holdLayer adds a reused record's layer (blob and extracted dir) to the
-// build's lease and tells whether its blob is there: one a collection
-// removed before the lease held it is a miss.
+// build's lease and tells whether its blob is there or remote: one a
+// collection removed before the lease held it is a miss.
 func (s *step) holdLayer(l *layer.Descriptor) bool {
 	b := s.run.b
 	if err := b.lease.Add(l.Digest, l.DiffID); err != nil {
 		b.warn("lease: " + err.Error())
 		return false
 	}
-	return b.opts.Store.HasBlob(l.Digest)
+	return b.opts.Store.HasContent(l.Digest)
 }
 
 // CacheMountSource is a CacheSource that also carries RUN cache mounts'

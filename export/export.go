@@ -125,6 +125,7 @@ func Build(ctx context.Context, opts executor.Options, p *Plan) (*executor.Resul
 	if opts.Snapshots != nil {
 		p.snapshots = opts.Snapshots
 	}
+	p.registry.FetchRemote(ctx, opts.Store)
 	p.imported = importCaches(ctx, opts.Store, p.cacheFrom, Registry{Insecure: p.registry.Insecure}, warn)
 	opts.CacheFrom = append(opts.CacheFrom, p.imported...)
 	res, err := executor.Build(ctx, opts)

@@ -35,9 +35,19 @@ func (r Registry) options() registry.Options {
 }
 
 // Push uploads img to ref: a blob the registry has is skipped, one another
-// repository of the registry holds is mounted, the rest are uploaded.
+// repository of the registry holds is mounted (a remote layer too: it is
+// not downloaded), the rest are uploaded (a remote layer fetched first).
 func (r Registry) Push(ctx context.Context, st *store.Store, img v1.Image, ref string) (v1.Hash, error) {
+	r.FetchRemote(ctx, st)
 	return registry.Push(ctx, st, img, ref, r.options())
+}
+
+// FetchRemote lets st fetch its remote layers (store.RemoteBlob: lazy
+// cache hits) through r when something reads them: a rootfs, an output,
+// save, a push or a cache export elsewhere. Credentials are docker's, as
+// for pull and push; each fetch is verified before it is stored.
+func (r Registry) FetchRemote(ctx context.Context, st *store.Store) {
+	st.SetFetcher(registry.NewFetcher(ctx, r.options()))
 }
 
 // Pull fetches ref (linux/amd64) into the store, downloading only the

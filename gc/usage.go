@@ -113,6 +113,9 @@ func (u *Usage) storeKinds(pl *plan) {
 	im := KindUsage{Kind: KindImages}
 	lb := KindUsage{Kind: KindLayerBlobs}
 	for d, b := range g.blobs {
+		if b.Remote {
+			continue // not stored here: remoteKind
+		}
 		k := &lb
 		if meta[d] {
 			k = &im
@@ -124,6 +127,8 @@ func (u *Usage) storeKinds(pl *plan) {
 	}
 	im.Count = len(g.images)
 	lb.Count = len(g.blobs) - len(meta)
+	rk, remote := remoteKind(g)
+	lb.Count -= rk.Count
 	ex := KindUsage{Kind: KindExtracted, Count: len(g.dirs)}
 	for id, d := range g.dirs {
 		ex.Size += d.Size
@@ -142,6 +147,9 @@ func (u *Usage) storeKinds(pl *plan) {
 		ca.Size += h.Size
 	}
 	u.Kinds = append(u.Kinds, im, lb, ex, ca)
+	if remote {
+		u.Kinds = append(u.Kinds, rk)
+	}
 }
 
 // perImage computes, for each image, its size and the bytes it shares
@@ -163,6 +171,9 @@ func (u *Usage) perImage(g *graph) {
 			iu.Tags = append(iu.Tags, store.DisplayRef(t))
 		}
 		for _, b := range dedupe(im.Blobs) {
+			if g.isRemote(b.Digest) {
+				continue // counted where it is stored: its registry
+			}
 			iu.Size += b.Size
 			if len(users[b.Digest]) > 1 {
 				iu.Shared += b.Size

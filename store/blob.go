@@ -162,7 +162,8 @@ func (s *Store) refreshBlob(d digest.Digest) bool {
 	return err == nil
 }
 
-// OpenBlob opens the blob d; a missing blob is ErrNotFound.
+// OpenBlob opens the blob d; a missing blob is ErrNotFound. A remote
+// blob (remote.go) is fetched first, through the store's Fetcher.
 func (s *Store) OpenBlob(d digest.Digest) (io.ReadCloser, error) {
 	p, err := s.blobPath(d)
 	if err != nil {
@@ -170,6 +171,9 @@ func (s *Store) OpenBlob(d digest.Digest) (io.ReadCloser, error) {
 	}
 	f, err := os.Open(p)
 	if errors.Is(err, os.ErrNotExist) {
+		if rc, ok, err := s.openRemote(d); ok {
+			return rc, err // a remote blob, fetched now (remote.go)
+		}
 		return nil, fmt.Errorf("blob %s: %w", d, ErrNotFound)
 	}
 	if err != nil {

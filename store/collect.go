@@ -51,6 +51,7 @@ type BlobInfo struct {
 	Digest  digest.Digest
 	Size    int64
 	ModTime time.Time
+	Remote  bool // a remote record (remote.go): no bytes here, Size 0
 }
 
 // Collect runs fn under the store lock with the current images and the
@@ -118,7 +119,8 @@ func (s *Store) describe(ir *ImageRecord) {
 	}
 }
 
-// Blobs lists the blob files with their sizes and mtimes.
+// Blobs lists the blob files with their sizes and mtimes, and the remote
+// records whose bytes are not here (Remote, Size 0).
 func (c *Collection) Blobs() ([]BlobInfo, error) {
 	dir := filepath.Join(c.s.root, "blobs", "sha256")
 	ents, err := os.ReadDir(dir)
@@ -137,7 +139,7 @@ func (c *Collection) Blobs() ([]BlobInfo, error) {
 		}
 		out = append(out, BlobInfo{Digest: d, Size: fi.Size(), ModTime: fi.ModTime()})
 	}
-	return out, nil
+	return c.s.withRemote(out), nil
 }
 
 // Resolve finds the image ref names, as Store.Resolve does; isTag tells
@@ -189,7 +191,8 @@ func (c *Collection) RemoveImages(mds ...digest.Digest) error {
 // RemoveBlob deletes blob d unless its mtime shows it was written or
 // refreshed at or after keepAfter (zero: no such check) — the last look
 // before removal, for a write a lease covers. It reports whether the blob
-// was removed; an absent blob is not an error.
+// was removed; an absent blob is not an error. A remote record (Blobs'
+// Remote) is removed the same way.
 func (c *Collection) RemoveBlob(d digest.Digest, keepAfter time.Time) (bool, error) {
 	p, err := c.s.blobPath(d)
 	if err != nil {
@@ -197,7 +200,7 @@ func (c *Collection) RemoveBlob(d digest.Digest, keepAfter time.Time) (bool, err
 	}
 	fi, err := os.Stat(p)
 	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
+		return c.s.removeRemoteIfOld(d, keepAfter)
 	}
 	if err != nil {
 		return false, fmt.Errorf("remove blob %s: %w", d, err)
@@ -208,6 +211,7 @@ func (c *Collection) RemoveBlob(d digest.Digest, keepAfter time.Time) (bool, err
 	if err := c.s.removeBlob(d); err != nil {
 		return false, err
 	}
+	c.s.removeRemote(d) // a stale record of bytes that had arrived
 	c.s.removeBlobSources(d)
 	return true, nil
 }

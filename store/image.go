@@ -259,7 +259,7 @@ func (s *Store) checkBlobs(md digest.Digest) error {
 		return fmt.Errorf("image %s: parse manifest: %w", md, err)
 	}
 	for _, d := range append([]v1.Descriptor{m.Config}, m.Layers...) {
-		if !s.HasBlob(toDigest(d.Digest)) {
+		if !s.HasContent(toDigest(d.Digest)) {
 			return fmt.Errorf("image %s: blob %s: %w", md, d.Digest, ErrNotFound)
 		}
 	}

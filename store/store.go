@@ -41,6 +41,8 @@ type Store struct {
 
 	leaseMu  sync.Mutex
 	ownLease *Lease // taken before the first write (writeLease)
+
+	remote remoteState // remote blobs' fetcher (remote.go)
 }
 
 // Open opens (creating if needed) the store at root.

@@ -27,8 +27,8 @@ func (s *Store) WriteImage(img v1.Image) (v1.Hash, error) {
 	for _, l := range m.Layers {
 		size += l.Size
 		d := toDigest(l.Digest)
-		if s.refreshBlob(d) {
-			continue
+		if s.refreshBlob(d) || s.refreshRemote(d) {
+			continue // present, or remote: fetched when read
 		}
 		if err := s.writeLayer(img, l); err != nil {
 			return v1.Hash{}, err

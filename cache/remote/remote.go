@@ -154,13 +154,14 @@ func ParseSpec(s string, export bool) (Spec, error) {
 }
 
 // Collect reads the records of keys from idx. A record that misses, or
-// whose layer the store lacks, is left out: an export never names a blob
-// it cannot provide.
+// whose layer the store can neither open nor fetch (HasContent: a remote
+// layer is fetched when the export reads it, or mounted), is left out: an
+// export never names a blob it cannot provide.
 func Collect(s *store.Store, idx *cache.Index, keys []digest.Digest) *Config {
 	c := &Config{Version: configVersion, Records: map[digest.Digest]*cache.Record{}}
 	for _, k := range keys {
 		rec, err := idx.Get(k)
-		if err != nil || rec.Layer != nil && !s.HasBlob(rec.Layer.Digest) {
+		if err != nil || rec.Layer != nil && !s.HasContent(rec.Layer.Digest) {
 			continue
 		}
 		c.Records[k] = rec
@@ -309,6 +310,9 @@ type Source struct {
 	records map[digest.Digest]*cache.Record
 	mounts  []CacheMount
 	store   *store.Store
+	// repo is the registry repository ("host/path") that holds the
+	// layers, for lazy hits (LazyLayer); "" for a directory.
+	repo string
 	// fetch brings a missing blob into the store, checked against l
 	// (digest, size, diffID) before it is committed.
 	fetch func(ctx context.Context, d v1.Descriptor, l layer.Descriptor) error
@@ -353,6 +357,26 @@ func (src *Source) FetchLayer(ctx context.Context, l layer.Descriptor) error {
 	return nil
 }
 
+// LazyLayer makes l usable without downloading it when the source is a
+// registry: the store records it as a remote blob of the source's
+// repository (store.AddRemoteBlob), fetched and verified only when
+// something reads it, and mountable by a push to that registry. A blob
+// the store has, or a directory's, is FetchLayer's. It satisfies
+// executor.LazySource.
+func (src *Source) LazyLayer(ctx context.Context, l layer.Descriptor) error {
+	if src.repo == "" || src.store.HasBlob(l.Digest) {
+		return src.FetchLayer(ctx, l)
+	}
+	if l.DiffID == "" || l.Size <= 0 {
+		return fmt.Errorf("cached layer %s from %s: the record names no diffID or size", l.Digest, src.Name)
+	}
+	rb := store.RemoteBlob{Digest: l.Digest, Size: l.Size, MediaType: l.MediaType, DiffID: l.DiffID, Repo: src.repo}
+	if err := src.store.AddRemoteBlob(rb); err != nil {
+		return fmt.Errorf("cached layer %s from %s: %w", l.Digest, src.Name, err)
+	}
+	return nil
+}
+
 // ImportRegistry reads the cache at ref: a cache artifact, or an image
 // pushed with inline records. Layers are fetched later, only those a hit
 // needs, from ref's repository.
@@ -373,7 +397,7 @@ func ImportRegistry(ctx context.Context, s *store.Store, ref string, opts regist
 		return nil, fmt.Errorf("cache %s: %w", ref, err)
 	}
 	opts.Progress = nil
-	return &Source{Name: ref, records: c.Records, mounts: c.CacheMounts, store: s, fetch: func(ctx context.Context, d v1.Descriptor, l layer.Descriptor) error {
+	return &Source{Name: ref, records: c.Records, mounts: c.CacheMounts, store: s, repo: repo, fetch: func(ctx context.Context, d v1.Descriptor, l layer.Descriptor) error {
 		return registry.FetchLayer(ctx, s, repo, d, l.DiffID, opts)
 	}}, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -43,8 +44,13 @@ func newImagesCommand(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			remote := remoteNotes(st, infos)
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 3, ' ', 0)
-			fmt.Fprintln(w, "REPOSITORY\tTAG\tIMAGE ID\tCREATED\tSIZE")
+			header := "REPOSITORY\tTAG\tIMAGE ID\tCREATED\tSIZE"
+			if remote != nil {
+				header += "\tREMOTE"
+			}
+			fmt.Fprintln(w, header)
 			for _, in := range infos {
 				tags := in.Tags
 				if len(tags) == 0 {
@@ -52,10 +58,20 @@ func newImagesCommand(g *globalOptions) *cobra.Command {
 				}
 				for _, t := range tags {
 					repo, tag := splitTag(t)
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", repo, tag, shortKey(in.ID.String()), in.Created.Format(time.RFC3339), humanSize(in.Size))
+					line := fmt.Sprintf("%s\t%s\t%s\t%s\t%s", repo, tag, shortKey(in.ID.String()), in.Created.Format(time.RFC3339), humanSize(in.Size))
+					if remote != nil {
+						line += "\t" + remote[in.Digest]
+					}
+					fmt.Fprintln(w, line)
 				}
 			}
-			return w.Flush()
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			if remote != nil {
+				fmt.Fprintln(cmd.OutOrStdout(), "REMOTE: layers a cache hit left in their registry; fetched (and verified) when something reads them")
+			}
+			return nil
 		},
 	}
 }
@@ -177,4 +193,36 @@ layers nothing reaches are freed (cache records stay until prune).`,
 	}
 	cmd.Flags().BoolVarP(&force, "force", "f", false, "remove an image that is still tagged or has a child image")
 	return cmd
+}
+
+// remoteNotes says, per image, how many of its layers are remote ("2 of 5
+// layers, in HOST/REPO"), or "-"; nil when no image has one (the table
+// then has no REMOTE column).
+func remoteNotes(st *store.Store, infos []store.ImageInfo) map[v1.Hash]string {
+	notes := map[v1.Hash]string{}
+	found := false
+	for _, in := range infos {
+		notes[in.Digest] = "-"
+		img, err := st.Image(in.Digest.String())
+		if err != nil {
+			continue
+		}
+		rs, err := st.RemoteLayers(img)
+		m, merr := img.Manifest()
+		if err != nil || merr != nil || len(rs) == 0 {
+			continue
+		}
+		found = true
+		var repos []string
+		for _, r := range rs {
+			if !slices.Contains(repos, r.Repo) {
+				repos = append(repos, r.Repo)
+			}
+		}
+		notes[in.Digest] = fmt.Sprintf("%d of %d layers, in %s", len(rs), len(m.Layers), strings.Join(repos, ", "))
+	}
+	if !found {
+		return nil
+	}
+	return notes
 }

@@ -9,6 +9,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
+
+	"github.com/minibuild/minibuild/store"
 )
 
 // inspectJSON is what inspect prints without --format: the ids, the tags,
@@ -19,6 +21,9 @@ type inspectJSON struct {
 	RepoTags []string       `json:"RepoTags"`
 	Manifest *v1.Manifest   `json:"Manifest"`
 	Config   *v1.ConfigFile `json:"Config"`
+	// RemoteLayers are the layers not stored here (lazy cache hits):
+	// digest, size, diffID and the registry repository that holds them.
+	RemoteLayers []store.RemoteBlob `json:"RemoteLayers,omitempty"`
 }
 
 // inspectView is what --format templates see: docker's `image inspect`
@@ -41,12 +46,15 @@ type inspectView struct {
 	Size     int64
 	History  []v1.History
 	Manifest *v1.Manifest
+	// RemoteLayers: the layers not stored here (inspectJSON.RemoteLayers).
+	RemoteLayers []store.RemoteBlob
 }
 
 func newInspectView(in inspectJSON) inspectView {
 	cf, m := in.Config, in.Manifest
 	v := inspectView{Id: in.ID, Digest: in.Digest, RepoTags: in.RepoTags, Created: cf.Created.UTC().Format("2006-01-02T15:04:05.999999999Z07:00"),
-		Architecture: cf.Architecture, Os: cf.OS, Variant: cf.Variant, Author: cf.Author, Config: cf.Config, History: cf.History, Manifest: m}
+		Architecture: cf.Architecture, Os: cf.OS, Variant: cf.Variant, Author: cf.Author, Config: cf.Config, History: cf.History, Manifest: m,
+		RemoteLayers: in.RemoteLayers}
 	v.RootFS.Type = cf.RootFS.Type
 	for _, d := range cf.RootFS.DiffIDs {
 		v.RootFS.Layers = append(v.RootFS.Layers, d.String())
@@ -135,6 +143,9 @@ func inspectImage(g *globalOptions, ref string) (inspectJSON, error) {
 		return in, err
 	}
 	in.ID, in.Digest = id.String(), dg.String()
+	if in.RemoteLayers, err = st.RemoteLayers(img); err != nil {
+		return in, err
+	}
 	if infos, err := st.Images(); err == nil {
 		for _, info := range infos {
 			if info.Digest == dg {

@@ -39,10 +39,17 @@ func newSaveCommand(g *globalOptions) *cobra.Command {
 				}
 				named = append(named, n)
 			}
+			// Remote layers (lazy cache hits) are fetched as they are written.
+			export.Registry{}.FetchRemote(cmd.Context(), st)
 			if toStdout {
-				return export.SaveTo(cmd.OutOrStdout(), named)
+				err = export.SaveTo(cmd.OutOrStdout(), named)
+			} else {
+				err = export.Save(out, named)
 			}
-			return export.Save(out, named)
+			if err != nil {
+				return fmt.Errorf("save: %w", err)
+			}
+			return nil
 		},
 	}
 	cmd.Flags().StringVarP(&out, "output", "o", "", "file to write (default: standard output)")
