@@ -35,7 +35,8 @@ type copyOp struct {
 }
 
 func newCopyOp(ctx context.Context, s *step, spec copySpec) (*copyOp, error) {
-	req, err := s.copyRequest(ctx, spec)
+	facts := s.run.b.rootfsFacts(ctx, s.run.state.layers)
+	req, err := s.copyRequest(ctx, spec, facts)
 	if err != nil {
 		return nil, err
 	}
@@ -59,26 +60,24 @@ func newCopyOp(ctx context.Context, s *step, spec copySpec) (*copyOp, error) {
 		o.release()
 		return nil, err
 	}
+	facts.save()
 	return o, nil
 }
 
 // copyRequest turns the instruction into a copier request: the
 // destination checked in the image, --chown resolved through its passwd
 // and group files, --chmod and --checksum parsed.
-func (s *step) copyRequest(ctx context.Context, spec copySpec) (copier.Request, error) {
+// The image is asked through facts (facts.go): the snapshotter, or what
+// is recorded about a chain whose layers are remote.
+func (s *step) copyRequest(ctx context.Context, spec copySpec, facts *rootfsFacts) (copier.Request, error) {
 	r := s.run
-	layers := r.state.layers
 	req := copier.Request{
-		Sources: spec.SourcePaths,
-		Dest:    spec.DestPath,
-		Workdir: r.state.config.Config.WorkingDir,
-		Add:     spec.add,
-		DestInfo: func(p string) (fs.FileInfo, error) {
-			return r.b.opts.Snapshots.Stat(ctx, layers, p)
-		},
-		Resolve: func(p string) (string, error) {
-			return r.b.opts.Snapshots.Resolve(ctx, layers, p)
-		},
+		Sources:  spec.SourcePaths,
+		Dest:     spec.DestPath,
+		Workdir:  r.state.config.Config.WorkingDir,
+		Add:      spec.add,
+		DestInfo: facts.stat,
+		Resolve:  facts.resolve,
 	}
 	if n := r.b.opts.MinFreeSpace; n > 0 {
 		req.Space = diskspace.Reserve{Dir: filepath.Join(r.b.opts.Store.Root(), "tmp"), Bytes: n}

@@ -62,6 +62,7 @@ func ImportLocal(s *store.Store, dir string) (*Source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cache %s: %w", dir, err)
 	}
+	c.importFacts(s)
 	return &Source{Name: dir, records: c.Records, mounts: c.CacheMounts, store: s, fetch: func(_ context.Context, d v1.Descriptor, want layer.Descriptor) error {
 		f, err := l.Blob(d.Digest)
 		if err != nil {

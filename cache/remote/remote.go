@@ -62,6 +62,11 @@ type Config struct {
 	Version     int                             `json:"version"`
 	Records     map[digest.Digest]*cache.Record `json:"records"`
 	CacheMounts []CacheMount                    `json:"cacheMounts,omitempty"`
+	// Facts are what the exporting host's COPY keys learned from the
+	// records' rootfs chains (store.ChainFacts): a host whose layers stay
+	// remote keys the same COPYs from them, fetching nothing. Older
+	// readers ignore them.
+	Facts []store.ChainFacts `json:"facts,omitempty"`
 }
 
 // CacheMount is the content of a RUN --mount=type=cache, by id: a layer
@@ -166,7 +171,32 @@ func Collect(s *store.Store, idx *cache.Index, keys []digest.Digest) *Config {
 		}
 		c.Records[k] = rec
 	}
+	c.collectFacts(s)
 	return c
+}
+
+// collectFacts adds the store's facts about the chains each record's
+// layer tops, once each.
+func (c *Config) collectFacts(s *store.Store) {
+	seen := map[digest.Digest]bool{}
+	for _, k := range slices.Sorted(maps.Keys(c.Records)) {
+		r := c.Records[k]
+		if r.Layer == nil || seen[r.Layer.DiffID] {
+			continue
+		}
+		seen[r.Layer.DiffID] = true
+		c.Facts = append(c.Facts, s.FactsOnTop(r.Layer.DiffID)...)
+	}
+}
+
+// importFacts records what the cache knows about rootfs chains in the
+// store, for keying COPYs over remote layers. A failure costs a fetch.
+func (c *Config) importFacts(s *store.Store) {
+	for _, cf := range c.Facts {
+		if len(cf.DiffIDs) > 0 && len(cf.Facts) > 0 {
+			_ = s.AddChainFacts(cf)
+		}
+	}
 }
 
 // layers lists the distinct layer descriptors the records name, sorted.
@@ -215,7 +245,7 @@ func (c *Config) AddCacheMount(m CacheMount) {
 // Only keeps the records whose layer is one of layers (and those without
 // a layer): for inline records, which can only name the image's layers.
 func (c *Config) Only(layers []v1.Hash) *Config {
-	out := &Config{Version: c.Version, Records: map[digest.Digest]*cache.Record{}}
+	out := &Config{Version: c.Version, Records: map[digest.Digest]*cache.Record{}, Facts: c.Facts}
 	for k, r := range c.Records {
 		if r.Layer == nil || slices.ContainsFunc(layers, func(h v1.Hash) bool { return h.String() == r.Layer.Digest.String() }) {
 			out.Records[k] = r
@@ -276,6 +306,9 @@ func decodeConfig(b []byte) (*Config, error) {
 	}
 	c.CacheMounts = slices.DeleteFunc(c.CacheMounts, func(m CacheMount) bool {
 		return m.ID == "" || m.Layer.Digest.Validate() != nil
+	})
+	c.Facts = slices.DeleteFunc(c.Facts, func(cf store.ChainFacts) bool {
+		return slices.ContainsFunc(cf.DiffIDs, func(d digest.Digest) bool { return d.Validate() != nil })
 	})
 	return &c, nil
 }
@@ -397,6 +430,7 @@ func ImportRegistry(ctx context.Context, s *store.Store, ref string, opts regist
 		return nil, fmt.Errorf("cache %s: %w", ref, err)
 	}
 	opts.Progress = nil
+	c.importFacts(s)
 	return &Source{Name: ref, records: c.Records, mounts: c.CacheMounts, store: s, repo: repo, fetch: func(ctx context.Context, d v1.Descriptor, l layer.Descriptor) error {
 		return registry.FetchLayer(ctx, s, repo, d, l.DiffID, opts)
 	}}, nil
