@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"errors"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -30,5 +31,9 @@ func (f fetcher) FetchRemote(s *store.Store, rb store.RemoteBlob) error {
 		return err
 	}
 	d := v1.Descriptor{Digest: h, Size: rb.Size, MediaType: types.MediaType(rb.MediaType)}
-	return FetchLayer(f.ctx, s, rb.Repo, d, rb.DiffID, f.opts)
+	err = FetchLayer(f.ctx, s, rb.Repo, d, rb.DiffID, f.opts)
+	if inner := errors.Unwrap(err); inner != nil {
+		err = inner // the store's error names the blob and the repository already
+	}
+	return err
 }

@@ -212,7 +212,7 @@ func (s *Store) fetchRemote(rb RemoteBlob) error {
 
 	c.err = f.FetchRemote(s, rb)
 	if c.err != nil {
-		c.err = fmt.Errorf("%w %s (%d bytes) from %s: %w", ErrRemote, rb.Digest, rb.Size, rb.Repo, c.err)
+		c.err = fmt.Errorf("%w %s (%d bytes), not stored here, could not be fetched from %s: %w", ErrRemote, rb.Digest, rb.Size, rb.Repo, c.err)
 	} else if !s.HasBlob(rb.Digest) {
 		c.err = fmt.Errorf("%w %s from %s: the fetcher stored nothing", ErrRemote, rb.Digest, rb.Repo)
 	} else {

@@ -22,6 +22,7 @@ type refRegistry struct {
 	t    *testing.T
 	host string
 	log  *logBuffer
+	data string // its storage root (docker/registry/v2/…)
 }
 
 // logBuffer collects the registry's output from its pipe.
@@ -70,7 +71,7 @@ http:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r := &refRegistry{t: t, host: addr, log: &logBuffer{}}
+	r := &refRegistry{t: t, host: addr, log: &logBuffer{}, data: filepath.Join(dir, "data")}
 	cmd := exec.Command(bin, "serve", cfgPath)
 	cmd.Stdout, cmd.Stderr = r.log, r.log
 	if err := cmd.Start(); err != nil {
