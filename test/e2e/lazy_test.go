@@ -194,7 +194,13 @@ func TestLazyLayerMissingIsClearError(t *testing.T) {
 	}
 	t.Logf("the error: %s", tail(msg, 3))
 	// The image built before is intact, and still remote.
-	if imgs := b.ok("images").stdout; !strings.Contains(imgs, "app") {
-		t.Errorf("images lost app:b:\n%s", imgs)
+	if imgs := b.ok("images").stdout; !strings.Contains(imgs, "app") || !strings.Contains(imgs, "layers, in ") {
+		t.Errorf("images lost app:b or its remote layers:\n%s", imgs)
+	}
+	// Untagged, its remote records are collected as blobs would be.
+	b.ok("rmi", "app:b")
+	b.ok("prune")
+	if left, _ := filepath.Glob(filepath.Join(b.root, "remote", "sha256", "*")); len(left) != 0 {
+		t.Errorf("prune left %d remote records of an image that is gone: %v", len(left), left)
 	}
 }
