@@ -145,6 +145,8 @@ type builder struct {
 	res    Result
 	keys   map[int][]digest.Digest // step keys by stage, for --cache-to
 	mounts map[string]string       // cache mount id → sharing, for --cache-to
+
+	imports importWrites // imported hits being written to the local index (remote.go)
 }
 
 // Build runs the build described by opts.
@@ -166,6 +168,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 	defer b.lease.Release()
+	defer b.imports.wait()
 	defer func() {
 		if b.bctx != nil {
 			b.bctx.Close()

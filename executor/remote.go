@@ -5,6 +5,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"sync"
 
 	"github.com/opencontainers/go-digest"
 
@@ -60,13 +61,33 @@ func (s *step) lookup(ctx context.Context, key digest.Digest, in *cache.Inputs) 
 			}
 		}
 		imported := &cache.Inputs{Parent: in.Parent, Instruction: in.Instruction}
-		if err := b.opts.Cache.Put(key, s.where(), imported, rec); err != nil {
-			b.warn("cache import: " + err.Error())
-		}
+		where := s.where()
+		b.imports.do(func() {
+			if err := b.opts.Cache.Put(key, where, imported, rec); err != nil {
+				b.warn("cache import: " + err.Error())
+			}
+		})
 		return rec, true
 	}
 	return nil, false
 }
+
+// importWrites are the local index writes of imported hits. Each is a
+// few synced files, and a fresh host hits every step: they run beside
+// the build (the disk batches concurrent syncs) and the build waits for
+// them before it returns, so an export or the next build sees them. The
+// record still follows its blob or remote record, written before.
+type importWrites struct{ wg sync.WaitGroup }
+
+func (w *importWrites) do(fn func()) {
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		fn()
+	}()
+}
+
+func (w *importWrites) wait() { w.wg.Wait() }
 
 // useLayer makes an imported record's layer usable: lazily when the
 // source can, else fetched.

@@ -8,8 +8,6 @@ import (
 	"strings"
 
 	"github.com/opencontainers/go-digest"
-
-	"github.com/minibuild/minibuild/internal/atomicfile"
 )
 
 // Chain facts are what a step's key learned from its parent's rootfs
@@ -19,7 +17,8 @@ import (
 // had the chain extracted can record them and another host, whose chain
 // is remote (lazy cache hits), can key the same COPY without fetching a
 // layer. They travel with the cache records (cache/remote) and are as
-// trusted as those: a claim of the same cache. Files: root/remote/facts/
+// trusted as those: a claim of the same cache. Written unsynced
+// (writeUnsynced: a lost fact is asked again). Files: root/remote/facts/
 // <hex of the chain's top diffID>/<hex of the chain id>.json.
 
 // Fact is one answer about a rootfs: a stat (Missing, or the entry's mode,
@@ -111,7 +110,7 @@ func (s *Store) AddChainFacts(cf ChainFacts) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return fmt.Errorf("record chain facts: %w", err)
 	}
-	return atomicfile.WriteFile(p, b, 0o644)
+	return writeUnsynced(p, b)
 }
 
 // FactsOnTop lists the chains whose top layer is diffID, with their
@@ -127,7 +126,7 @@ func (s *Store) FactsOnTop(diffID digest.Digest) []ChainFacts {
 	}
 	var out []ChainFacts
 	for _, e := range ents {
-		if !strings.HasSuffix(e.Name(), ".json") || atomicfile.IsTemp(e.Name()) {
+		if !strings.HasSuffix(e.Name(), ".json") || strings.HasPrefix(e.Name(), ".") {
 			continue
 		}
 		if cf, ok := readFacts(filepath.Join(dir, e.Name()), nil); ok && len(cf.DiffIDs) > 0 && cf.DiffIDs[len(cf.DiffIDs)-1] == diffID {

@@ -14,8 +14,6 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
-
-	"github.com/minibuild/minibuild/internal/atomicfile"
 )
 
 // Remote blobs are layers the store knows but does not hold: a cache hit
@@ -31,8 +29,8 @@ import (
 // source), so an image whose every step hit can be built and pushed back
 // without one layer crossing the wire.
 //
-// Records live in root/remote/sha256/<hex> (JSON, written whole by
-// atomicfile; their mtime is refreshed like a blob's). The collector
+// Records live in root/remote/sha256/<hex> (JSON, written whole but not
+// synced: writeUnsynced; their mtime is refreshed like a blob's). The collector
 // lists them among the blobs (BlobInfo.Remote) and removes them like
 // blobs: an image or a cache record may name a remote blob as it names a
 // stored one.
@@ -117,8 +115,32 @@ func (s *Store) AddRemoteBlob(rb RemoteBlob) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return fmt.Errorf("record remote layer %s: %w", rb.Digest, err)
 	}
-	if err := atomicfile.WriteFile(p, append(b, '\n'), 0o644); err != nil {
+	if err := writeUnsynced(p, append(b, '\n')); err != nil {
 		return fmt.Errorf("record remote layer %s: %w", rb.Digest, err)
+	}
+	return nil
+}
+
+// writeUnsynced replaces p whole (temp file and rename) without syncing:
+// for remote records and chain facts, which a crash may lose but never
+// make lie. A lost remote record leaves the cache record that names it
+// without content (HasContent false): a miss, as a collected blob's; a
+// lost fact is a question asked of the snapshotter again. A file a crash
+// left empty does not parse, which is the same as lost. A fresh host
+// writes one per hit, so the syncs would cost more than the build.
+func writeUnsynced(p string, b []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	_, werr := f.Write(b)
+	if err := errors.Join(werr, f.Chmod(0o644), f.Close()); err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	if err := os.Rename(f.Name(), p); err != nil {
+		os.Remove(f.Name())
+		return err
 	}
 	return nil
 }
@@ -247,7 +269,11 @@ func (s *Store) remoteBlobs() []BlobInfo {
 	}
 	var out []BlobInfo
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), ".") || atomicfile.IsTemp(e.Name()) {
+		if strings.HasPrefix(e.Name(), ".") {
+			// A temp file of writeUnsynced that a crash left behind.
+			if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > time.Hour {
+				os.Remove(filepath.Join(dir, e.Name()))
+			}
 			continue
 		}
 		d := digest.NewDigestFromEncoded(digest.SHA256, e.Name())
