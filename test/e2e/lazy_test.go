@@ -145,6 +145,18 @@ func TestLazyLayersFromRegistryCache(t *testing.T) {
 		t.Errorf("umoci unpacked /app/app.py = %q, want %q", got, want)
 	}
 
+	// A cache export to another place (an OCI layout) from a lazy build:
+	// every layer its records name is fetched into it, whole.
+	cacheDir := filepath.Join(t.TempDir(), "ci-cache")
+	f.lazyHost(t, "--cache-to", "type=local,dest="+cacheDir+",mode=max")
+	tool(t, "skopeo", "inspect", "--raw", "oci:"+cacheDir+":minibuild-cache")
+	for _, l := range f.layers {
+		hex := strings.TrimPrefix(l, "sha256:")
+		if sum := strings.Fields(tool(t, "sha256sum", filepath.Join(cacheDir, "blobs", "sha256", hex))); len(sum) == 0 || sum[0] != hex {
+			t.Errorf("the exported cache's blob %s is not whole: %v", l, sum)
+		}
+	}
+
 	// save on a third fresh host, loaded into a fourth.
 	s, _ := f.lazyHost(t)
 	tarPath := filepath.Join(t.TempDir(), "x.tar")
