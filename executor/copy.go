@@ -90,7 +90,7 @@ func (s *step) copyRequest(ctx context.Context, spec copySpec, facts *rootfsFact
 		req.Checksum = d
 	}
 	if spec.chown != "" {
-		uid, gid, err := resolveOwner(r.imageFiles(ctx), spec.chown)
+		uid, gid, err := resolveOwner(facts.readFile, spec.chown)
 		if err != nil {
 			return req, fmt.Errorf("--chown=%s: %w", spec.chown, err)
 		}

@@ -17,7 +17,7 @@ import (
 
 // rootfsFacts is a parent rootfs as COPY's key asks about it (DestInfo,
 // Resolve: is the destination a dir, where do the image's symlinks lead,
-// whose are the dirs it lands under). When the chain's layers are all in
+// whose are the dirs it lands under; --chown's passwd and group files). When the chain's layers are all in
 // the store it asks the snapshotter, and the answers are recorded as the
 // chain's facts (store.ChainFacts), which a cache export carries. When a
 // layer is remote (a lazy cache hit), it answers from those facts first,
@@ -106,6 +106,28 @@ func (f *rootfsFacts) resolve(p string) (string, error) {
 		f.learn(q, store.Fact{Resolved: r})
 	}
 	return r, err
+}
+
+// maxFactFile bounds the files whose content is kept as a fact.
+const maxFactFile = 64 << 10
+
+// readFile reads a file for COPY --chown's names (/etc/passwd, /etc/group).
+func (f *rootfsFacts) readFile(p string) ([]byte, error) {
+	q := "read " + p
+	if a, ok := f.fact(q); ok {
+		if a.Missing {
+			return nil, &fs.PathError{Op: "read", Path: p, Err: fs.ErrNotExist}
+		}
+		return a.Data, nil
+	}
+	b, err := f.b.opts.Snapshots.ReadFile(f.ctx, f.layers, p)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		f.learn(q, store.Fact{Missing: true})
+	case err == nil && len(b) <= maxFactFile:
+		f.learn(q, store.Fact{Data: b})
+	}
+	return b, err
 }
 
 // save records what was learned from the snapshotter, for exports; a

@@ -22,7 +22,7 @@ import (
 // <hex of the chain's top diffID>/<hex of the chain id>.json.
 
 // Fact is one answer about a rootfs: a stat (Missing, or the entry's mode,
-// owner and mtime) or a resolved path.
+// owner and mtime), a resolved path, or a small file's content.
 type Fact struct {
 	Missing  bool   `json:"missing,omitempty"`
 	Mode     uint32 `json:"mode,omitempty"` // fs.FileMode
@@ -31,6 +31,7 @@ type Fact struct {
 	Size     int64  `json:"size,omitempty"`
 	MTime    int64  `json:"mtime,omitempty"` // unix nanoseconds
 	Resolved string `json:"resolved,omitempty"`
+	Data     []byte `json:"data,omitempty"` // a small file's content (/etc/passwd for --chown)
 }
 
 // ChainFacts are the facts known about the rootfs of one layer chain,

@@ -216,3 +216,30 @@ func TestLazyLayerMissingIsClearError(t *testing.T) {
 		t.Errorf("prune left %d remote records of an image that is gone: %v", len(left), left)
 	}
 }
+
+// COPY --chown over layers that stay remote reads the image's passwd and
+// group files from the chain's facts: nothing is downloaded either.
+func TestLazyChownCopyFetchesNothing(t *testing.T) {
+	reg := startRegistry(t)
+	dockerfile := "FROM busybox\nWORKDIR /srv\nRUN echo built > /srv/built\nCOPY --chown=app:app a.txt ./\nRUN ls -ln /srv/a.txt > /srv/owner\n"
+	files := map[string]string{"a.txt": "hello\n"}
+	cacheRef := reg.host + "/team/chown:cache"
+	a := newEnv(t)
+	a.build(project(t, dockerfile, files), nil, "-t", "chown:a", "--cache-to", "type=registry,ref="+cacheRef+",mode=max")
+	layers, _ := a.imageBlobs("chown:a")
+
+	b := newEnv(t)
+	m := reg.mark()
+	got := b.build(project(t, dockerfile, files), nil, "-t", "chown:b", "--cache-from", "type=registry,ref="+cacheRef)
+	for _, s := range got.steps {
+		if s.Status != "cached" {
+			t.Errorf("step %d %q: %s (%s)", s.Step, s.Instruction, s.Status, s.Reason)
+		}
+	}
+	gets := blobGets(reg.since(m))
+	for _, l := range layers {
+		if gets[l] {
+			t.Errorf("the fresh host downloaded layer %s for COPY --chown's key", l)
+		}
+	}
+}
