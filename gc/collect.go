@@ -177,6 +177,9 @@ func (s *Stores) carryOut(c *store.Collection, pl *plan, f *Freed) (purge func()
 			delete(pl.dirs, pl.g.dirOf[d])
 		}
 	}
+	if err := pl.sweepFacts(c); err != nil {
+		return nil, err
+	}
 	var ids []string
 	for id := range pl.dirs {
 		ids = append(ids, id)

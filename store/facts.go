@@ -2,10 +2,12 @@ package store
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -135,4 +137,39 @@ func (s *Store) FactsOnTop(diffID digest.Digest) []ChainFacts {
 		}
 	}
 	return out
+}
+
+// RemoveFactsExcept deletes the facts of every chain whose top layer's
+// diffID keep rejects, unless written at or after keepAfter (zero: no
+// such check): the collector keeps those of the layers an image or a
+// cache record still names. It reports how many chains went.
+func (c *Collection) RemoveFactsExcept(keep func(diffID digest.Digest) bool, keepAfter time.Time) (int, error) {
+	dir := filepath.Join(c.s.root, "remote", "facts")
+	tops, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("list chain facts: %w", err)
+	}
+	n := 0
+	for _, t := range tops {
+		top := digest.NewDigestFromEncoded(digest.SHA256, t.Name())
+		if top.Validate() != nil || keep(top) {
+			continue
+		}
+		sub := filepath.Join(dir, t.Name())
+		files, _ := os.ReadDir(sub)
+		for _, f := range files {
+			fi, err := f.Info()
+			if err != nil || !keepAfter.IsZero() && !fi.ModTime().Before(keepAfter) {
+				continue
+			}
+			if os.Remove(filepath.Join(sub, f.Name())) == nil && !strings.HasPrefix(f.Name(), ".") {
+				n++
+			}
+		}
+		os.Remove(sub) // only when empty
+	}
+	return n, nil
 }

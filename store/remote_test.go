@@ -147,4 +147,16 @@ func TestChainFactsMerge(t *testing.T) {
 	if _, ok := s.ChainFacts(ids[:1]); ok {
 		t.Errorf("another chain has facts")
 	}
+	s.Collect(func(c *Collection) error {
+		if n, err := c.RemoveFactsExcept(func(d digest.Digest) bool { return d == ids[1] }, time.Time{}); n != 0 || err != nil {
+			t.Errorf("facts of a kept layer removed: %d, %v", n, err)
+		}
+		if n, err := c.RemoveFactsExcept(func(digest.Digest) bool { return false }, time.Time{}); n != 1 || err != nil {
+			t.Errorf("RemoveFactsExcept removed %d chains (%v), want 1", n, err)
+		}
+		return nil
+	})
+	if _, ok := s.ChainFacts(ids); ok {
+		t.Errorf("the removed chain's facts are still there")
+	}
 }

@@ -215,6 +215,9 @@ func TestLazyLayerMissingIsClearError(t *testing.T) {
 	if left, _ := filepath.Glob(filepath.Join(b.root, "remote", "sha256", "*")); len(left) != 0 {
 		t.Errorf("prune left %d remote records of an image that is gone: %v", len(left), left)
 	}
+	if left, _ := filepath.Glob(filepath.Join(b.root, "remote", "facts", "*", "*")); len(left) != 0 {
+		t.Errorf("prune left the rootfs facts of %d chains no image or record names: %v", len(left), left)
+	}
 }
 
 // COPY --chown over layers that stay remote reads the image's passwd and
