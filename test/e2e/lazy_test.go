@@ -116,6 +116,13 @@ func TestLazyLayersFromRegistryCache(t *testing.T) {
 		t.Errorf("pushing to the repository that has the image made %d uploads", n)
 	}
 
+	checkLazyOutputs(t, f, b)
+}
+
+// checkLazyOutputs pushes the lazy image of b to another registry, exports
+// it with -o type=oci and as a cache, and saves it, each from a host whose
+// layers are remote: each output is complete and verifies.
+func checkLazyOutputs(t *testing.T, f *lazyFixture, b *env) {
 	// Another registry: the layers are fetched (verified) and uploaded.
 	reg2 := startRegistry(t)
 	pushed := reg2.host + "/copy/app:b"
