@@ -139,7 +139,7 @@ func (s *Store) HasBlob(d digest.Digest) bool {
 		return false
 	}
 	_, err = os.Stat(p)
-	return err == nil
+	return err == nil || s.hasParts(d)
 }
 
 // refreshBlob reports whether blob d is present and, if so, renews its
@@ -155,7 +155,7 @@ func (s *Store) refreshBlob(d digest.Digest) bool {
 		return false // unprotected: the caller writes the blob, which fails clearly
 	}
 	now := time.Now()
-	if os.Chtimes(p, now, now) == nil {
+	if os.Chtimes(p, now, now) == nil || s.refreshParts(d) {
 		return true
 	}
 	_, err = os.Stat(p)
@@ -170,7 +170,7 @@ func (s *Store) OpenBlob(d digest.Digest) (io.ReadCloser, error) {
 	}
 	f, err := os.Open(p)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("blob %s: %w", d, ErrNotFound)
+		return s.openParts(d) // parts.go; ErrNotFound when it has none
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open blob %s: %w", d, err)
@@ -223,7 +223,7 @@ func (s *Store) removeBlob(d digest.Digest) error {
 	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove blob %s: %w", d, err)
 	}
-	return nil
+	return s.removeParts(d)
 }
 
 func syncDir(dir string) error {

@@ -46,11 +46,14 @@ type BlobRef struct {
 	Size   int64
 }
 
-// BlobInfo is a blob file as found on disk.
+// BlobInfo is a blob file as found on disk. A blob stored as its parts
+// (parts.go) names the blobs that hold them, which it keeps alive; its Size
+// is its parts list's, as the segments' bytes count in their own blobs.
 type BlobInfo struct {
 	Digest  digest.Digest
 	Size    int64
 	ModTime time.Time
+	Parts   []digest.Digest
 }
 
 // Collect runs fn under the store lock with the current images and the
@@ -137,7 +140,7 @@ func (c *Collection) Blobs() ([]BlobInfo, error) {
 		}
 		out = append(out, BlobInfo{Digest: d, Size: fi.Size(), ModTime: fi.ModTime()})
 	}
-	return out, nil
+	return c.s.withParts(out)
 }
 
 // Resolve finds the image ref names, as Store.Resolve does; isTag tells
@@ -196,6 +199,9 @@ func (c *Collection) RemoveBlob(d digest.Digest, keepAfter time.Time) (bool, err
 		return false, err
 	}
 	fi, err := os.Stat(p)
+	if errors.Is(err, os.ErrNotExist) {
+		fi, err = os.Stat(c.s.partsPath(d))
+	}
 	if errors.Is(err, os.ErrNotExist) {
 		return false, nil
 	}

@@ -41,6 +41,8 @@ type Store struct {
 
 	leaseMu  sync.Mutex
 	ownLease *Lease // taken before the first write (writeLease)
+
+	members memberCache // the member pool (members.go)
 }
 
 // Open opens (creating if needed) the store at root.
