@@ -74,7 +74,9 @@ func (s *Store) NewLayerWriter() (*LayerWriter, error) {
 func (lw *LayerWriter) Pool() layer.Pool { return lw.pool }
 
 // Write takes bytes that are not members (a writer that is no Sink).
-func (lw *LayerWriter) Write(p []byte) (int, error) { return len(p), lw.WriteMember(layer.Key{}, nil, p) }
+func (lw *LayerWriter) Write(p []byte) (int, error) {
+	return len(p), lw.WriteMember(layer.Key{}, nil, p)
+}
 
 // WriteMember implements layer.Sink.
 func (lw *LayerWriter) WriteMember(k layer.Key, from *layer.Loc, b []byte) error {
