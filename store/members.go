@@ -248,6 +248,19 @@ func (p *poolReader) section(sg Segment) (io.Reader, error) {
 	return io.NewSectionReader(f, sg.Offset, sg.Length), nil
 }
 
+// size is the size of a pooled blob.
+func (p *poolReader) size(d digest.Digest) (int64, error) {
+	f := p.file(d)
+	if f == nil {
+		return 0, fmt.Errorf("blob %s: %w", d, ErrNotFound)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
+}
+
 func (p *poolReader) close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -56,8 +56,7 @@ type LayerWriter struct {
 	h       hash.Hash
 	size    int64
 	pooled  int64
-	segs    []Segment // Blob "" is the pack
-	members []indexEntry
+	members []indexEntry // in layer order; seg.Blob "" is the pack
 }
 
 // NewLayerWriter starts a layer write whose pool is the members of the
@@ -91,18 +90,50 @@ func (lw *LayerWriter) WriteMember(k layer.Key, from *layer.Loc, b []byte) error
 	}
 	lw.members = append(lw.members, indexEntry{key: k, seg: seg, at: lw.size})
 	lw.size += n
-	if last := len(lw.segs) - 1; last >= 0 && lw.segs[last].Blob == seg.Blob && lw.segs[last].Offset+lw.segs[last].Length == seg.Offset {
-		lw.segs[last].Length += n
-		return nil
-	}
-	lw.segs = append(lw.segs, seg)
 	return nil
 }
 
+// segments are the members' ranges, adjacent ones joined.
+func (lw *LayerWriter) segments() []Segment {
+	var out []Segment
+	for _, m := range lw.members {
+		if last := len(out) - 1; last >= 0 && out[last].Blob == m.seg.Blob && out[last].Offset+out[last].Length == m.seg.Offset {
+			out[last].Length += m.seg.Length
+			continue
+		}
+		out = append(out, m.seg)
+	}
+	return out
+}
+
+// referable tells, per blob the pool supplied members from, whether the
+// layer uses at least half of it: only such a blob is worth keeping alive
+// by reference; the members of the others are copied. It returns the
+// bytes the layer would keep by reference.
+func (lw *LayerWriter) referable() (map[digest.Digest]bool, int64) {
+	used := map[digest.Digest]int64{}
+	for _, m := range lw.members {
+		if m.seg.Blob != "" {
+			used[m.seg.Blob] += m.seg.Length
+		}
+	}
+	ok := map[digest.Digest]bool{}
+	var n int64
+	for d, u := range used {
+		if size, err := lw.pool.size(d); err == nil && 2*u >= size {
+			ok[d] = true
+			n += u
+		}
+	}
+	return ok, n
+}
+
 // Commit stores the layer under desc.Digest after checking it against
-// what was written: as the pack itself when nothing was pooled, as a pack
-// and a parts list when mostly pooled, else as a whole copy. The layer's
-// member index is written last (a cache: losing it loses no data).
+// what was written: as the pack itself when nothing was pooled; as a pack
+// and a parts list when at least half its bytes are in blobs it uses at
+// least half of (a pack then also takes the members of the other blobs);
+// else as a whole copy. The layer's member index is written last (a
+// cache: losing it loses no data).
 func (lw *LayerWriter) Commit(desc layer.Descriptor) error {
 	defer lw.Abort()
 	got := digest.NewDigest(digest.SHA256, lw.h)
@@ -111,11 +142,12 @@ func (lw *LayerWriter) Commit(desc layer.Descriptor) error {
 	}
 	var err error
 	whole := desc.Digest
+	ref, n := lw.referable()
 	switch {
 	case lw.pooled == 0:
 		err = lw.pack.Commit(desc.Digest)
-	case float64(lw.pooled) >= mostlyPooled*float64(lw.size):
-		whole, err = lw.commitParts(desc.Digest)
+	case float64(n) >= mostlyPooled*float64(lw.size):
+		whole, err = "", lw.commitParts(desc.Digest, ref)
 	default:
 		err = lw.commitCopy(desc.Digest)
 	}
@@ -126,19 +158,26 @@ func (lw *LayerWriter) Commit(desc layer.Descriptor) error {
 	return nil
 }
 
-// commitParts stores the pack (if any member is new) and the parts list.
-// It returns "" (members stay where the segments say).
-func (lw *LayerWriter) commitParts(d digest.Digest) (digest.Digest, error) {
+// commitParts stores the pack (if any member is in it) and the parts list:
+// members from blobs not in ref are copied into the pack first.
+func (lw *LayerWriter) commitParts(d digest.Digest, ref map[digest.Digest]bool) error {
+	for i, m := range lw.members {
+		if m.seg.Blob == "" || ref[m.seg.Blob] {
+			continue
+		}
+		r, err := lw.pool.section(m.seg)
+		if err == nil {
+			lw.members[i].seg = Segment{Offset: lw.pack.Size(), Length: m.seg.Length}
+			_, err = io.Copy(lw.pack, r)
+		}
+		if err != nil {
+			return fmt.Errorf("commit layer %s: %w", d, err)
+		}
+	}
 	pd := lw.pack.Digest()
 	if lw.pack.Size() > 0 {
 		if err := lw.pack.Commit(pd); err != nil {
-			return "", err
-		}
-	}
-	pl := partsList{Size: lw.size, Segments: lw.segs}
-	for i := range pl.Segments {
-		if pl.Segments[i].Blob == "" {
-			pl.Segments[i].Blob = pd
+			return err
 		}
 	}
 	for i := range lw.members {
@@ -146,25 +185,26 @@ func (lw *LayerWriter) commitParts(d digest.Digest) (digest.Digest, error) {
 			lw.members[i].seg.Blob = pd
 		}
 	}
+	pl := partsList{Size: lw.size, Segments: lw.segments()}
 	for _, sg := range pl.Segments {
 		// Present now, and renewed: this process's lease covers them until
 		// the record that names the layer is written.
 		if !lw.s.refreshBlob(sg.Blob) {
-			return "", fmt.Errorf("commit layer %s: its part %s: %w", d, sg.Blob, ErrNotFound)
+			return fmt.Errorf("commit layer %s: its part %s: %w", d, sg.Blob, ErrNotFound)
 		}
 	}
 	b, err := json.Marshal(pl)
 	if err != nil {
-		return "", err
+		return err
 	}
 	p := lw.s.partsPath(d)
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return "", fmt.Errorf("commit layer %s: %w", d, err)
+		return fmt.Errorf("commit layer %s: %w", d, err)
 	}
 	if err := atomicfile.WriteFile(p, b, 0o444); err != nil {
-		return "", fmt.Errorf("commit layer %s: parts list: %w", d, err)
+		return fmt.Errorf("commit layer %s: parts list: %w", d, err)
 	}
-	return "", nil
+	return nil
 }
 
 // commitCopy stores the layer whole: the pack's bytes and the pooled
@@ -175,7 +215,7 @@ func (lw *LayerWriter) commitCopy(d digest.Digest) error {
 		return err
 	}
 	defer bw.Abort()
-	for _, sg := range lw.segs {
+	for _, sg := range lw.segments() {
 		var r io.Reader
 		if sg.Blob == "" {
 			r = io.NewSectionReader(lw.pack.f, sg.Offset, sg.Length)
@@ -357,12 +397,13 @@ func (s *Store) listParts() ([]BlobInfo, error) {
 }
 
 // withParts adds the parts-backed blobs to a listing of blob files, in
-// digest order. A digest with both (a whole copy written later) counts
+// digest order, and counts each layer's member index in its size (it goes
+// with the blob). A digest with both (a whole copy written later) counts
 // both files and keeps the parts list's segments.
 func (s *Store) withParts(files []BlobInfo) ([]BlobInfo, error) {
 	parts, err := s.listParts()
-	if err != nil || len(parts) == 0 {
-		return files, err
+	if err != nil {
+		return nil, err
 	}
 	at := map[digest.Digest]int{}
 	for i, b := range files {
@@ -374,8 +415,21 @@ func (s *Store) withParts(files []BlobInfo) ([]BlobInfo, error) {
 			files[i].Parts = p.Parts
 			continue
 		}
+		at[p.Digest] = len(files)
 		files = append(files, p)
 	}
+	s.countIndexes(files, at)
 	sort.Slice(files, func(i, j int) bool { return files[i].Digest < files[j].Digest })
 	return files, nil
+}
+
+// countIndexes adds each member index's size to its layer's entry.
+func (s *Store) countIndexes(files []BlobInfo, at map[digest.Digest]int) {
+	ents, _ := os.ReadDir(filepath.Join(s.root, "members"))
+	for _, e := range ents {
+		i, ok := at[digest.NewDigestFromEncoded(digest.SHA256, e.Name())]
+		if fi, err := e.Info(); ok && err == nil {
+			files[i].Size += fi.Size()
+		}
+	}
 }

@@ -77,6 +77,11 @@ func TestLayerStoredAsItsParts(t *testing.T) {
 	if b := blobBytes(t, s, d2.Digest); digest.FromBytes(b) != d2.Digest || int64(len(b)) != d2.Size {
 		t.Fatal("the assembled blob is not the layer")
 	}
+	// A layer of a few members of a big blob is stored whole: a parts
+	// list would keep the whole big blob alive for them.
+	if small := writeLayer(t, s, 5, ""); s.hasParts(small.Digest) || !s.HasBlob(small.Digest) {
+		t.Fatal("a layer using 5% of the blob it reuses was stored as its parts")
+	}
 	// Same content in a fresh store compresses to the same bytes.
 	if fresh := writeLayer(t, openStore(t), 100, "edited\n"); fresh != d2 {
 		t.Fatalf("pooled %v, from scratch %v", d2, fresh)
