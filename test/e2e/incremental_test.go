@@ -49,6 +49,7 @@ func TestIncrementalLayersAreDeterministicAndStoredOnce(t *testing.T) {
 	epoch := []string{"SOURCE_DATE_EPOCH=1700000000"}
 	e.build(ctx, epoch, "-t", "inc:cold")
 	cold := dirSize(t, blobsDir(t, e.root))
+	coldDF, _ := e.df().kind("layer blobs")
 
 	edited := filepath.Join(ctx, "d07/f013.txt")
 	var last built
@@ -65,6 +66,11 @@ func TestIncrementalLayersAreDeterministicAndStoredOnce(t *testing.T) {
 	}
 	if now := dirSize(t, blobsDir(t, e.root)); float64(now) > 1.25*float64(cold) {
 		t.Errorf("blobs grew from %d to %d bytes over 3 one-file edits: the edited layers are stored whole", cold, now)
+	}
+	// df counts what is stored: each byte once, the parts lists and
+	// member indexes included, not each layer's full size.
+	if now, _ := e.df().kind("layer blobs"); now < coldDF || float64(now) > 1.25*float64(coldDF) {
+		t.Errorf("df: layer blobs %d bytes after the cold build, %d after 3 one-file edits", coldDF, now)
 	}
 
 	fresh := newEnv(t)
