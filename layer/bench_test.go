@@ -3,6 +3,7 @@ package layer
 import (
 	"archive/tar"
 	"bytes"
+	"crypto/sha256"
 	"io"
 	"io/fs"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/gzip"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -68,5 +70,25 @@ func BenchmarkWritePooled(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		writeCtx(b, files, io.Discard, pool)
+	}
+}
+
+// BenchmarkSingleStream is the writer before members (one gzip stream at
+// the same level, hashed the same way): the baseline of BenchmarkWriteCold.
+func BenchmarkSingleStream(b *testing.B) {
+	files := loadCtx(b)
+	for i := 0; i < b.N; i++ {
+		blob := sha256.New()
+		gz, _ := gzip.NewWriterLevel(io.MultiWriter(io.Discard, blob), compressionLevel)
+		diff := sha256.New()
+		tw := tar.NewWriter(io.MultiWriter(gz, diff))
+		for _, f := range files {
+			h := &tar.Header{Name: f.name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(f.body)), ModTime: time.Unix(1, 0)}
+			Normalize(h, Options{})
+			tw.WriteHeader(h)
+			tw.Write(f.body)
+		}
+		tw.Close()
+		gz.Close()
 	}
 }

@@ -177,6 +177,7 @@ func (w *Writer) Add(hdr *tar.Header, body io.Reader) error {
 		return fmt.Errorf("layer entry %s: the layer writer is closed", hdr.Name)
 	}
 	Normalize(hdr, w.opts)
+	w.cut.next = int(min(hdr.Size, ChunkSize)) + 2048 // header blocks and padding
 	if err := w.tw.WriteHeader(hdr); err != nil {
 		return fmt.Errorf("layer entry %s: %w", hdr.Name, err)
 	}

@@ -160,6 +160,7 @@ func (p *pipeline) writer() {
 // member every ChunkSize bytes; end cuts what is left of the entry.
 type cutter struct {
 	buf  []byte
+	next int // the expected size of the entry being written
 	emit func([]byte) error
 }
 
@@ -168,7 +169,7 @@ func (c *cutter) Write(p []byte) (int, error) {
 	for len(p) > 0 {
 		k := min(len(p), ChunkSize-len(c.buf))
 		if c.buf == nil {
-			c.buf = make([]byte, 0, min(ChunkSize, max(k, 4096)))
+			c.buf = make([]byte, 0, min(ChunkSize, max(k, c.next)))
 		}
 		c.buf = append(c.buf, p[:k]...)
 		p = p[k:]
