@@ -235,6 +235,13 @@ func (lw *LayerWriter) Abort() {
 	lw.pool.close()
 }
 
+// sweepPartsTemps removes what killed writers of parts lists and member
+// indexes left.
+func (s *Store) sweepPartsTemps() {
+	atomicfile.SweepDir(filepath.Join(s.root, "parts", "sha256"))
+	atomicfile.SweepDir(filepath.Join(s.root, "members"))
+}
+
 func (s *Store) partsPath(d digest.Digest) string {
 	return filepath.Join(s.root, "parts", "sha256", d.Encoded())
 }

@@ -71,6 +71,7 @@ func (s *Store) Root() string { return s.root }
 func (s *Store) removeStaleTemps() {
 	flock.Sweep(filepath.Join(s.root, "tmp"), nil)
 	atomicfile.SweepDir(s.root)
+	s.sweepPartsTemps() // parts.go
 }
 
 // SweepTemps is what Open does first, for prune: it removes the temp
