@@ -155,3 +155,27 @@ func TestCollectionKeepsSegmentsOfAPartsList(t *testing.T) {
 		t.Fatal("the segment blob went with the parts list")
 	}
 }
+
+// A member whose blob was removed since its index was written is
+// compressed again: the index is a cache, never a source of truth.
+func TestPoolMemberOfARemovedBlobIsCompressedAgain(t *testing.T) {
+	s := openStore(t)
+	d1 := writeLayer(t, s, 20, "")
+	if _, err := os.Stat(s.indexPath(d1.Digest)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(s.BlobPath(d1.Digest)); err != nil { // the index stays
+		t.Fatal(err)
+	}
+	s2, err := Open(s.Root())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2 := writeLayer(t, s2, 20, "")
+	if d2 != d1 || s2.hasParts(d2.Digest) {
+		t.Fatalf("rewritten %v (parts: %v), first %v", d2, s2.hasParts(d2.Digest), d1)
+	}
+	if b := blobBytes(t, s2, d2.Digest); digest.FromBytes(b) != d2.Digest {
+		t.Fatal("the rewritten blob is not its digest")
+	}
+}
