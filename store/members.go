@@ -86,10 +86,33 @@ func (s *Store) writeIndex(d digest.Digest, members []indexEntry, whole digest.D
 	out.Write(body.Bytes())
 	sum := sha256.Sum256(out.Bytes())
 	out.Write(sum[:])
-	p := s.indexPath(d)
-	if os.MkdirAll(filepath.Dir(p), 0o755) == nil && atomicfile.WriteFile(p, out.Bytes(), 0o644) == nil {
+	if s.putIndex(s.indexPath(d), out.Bytes()) == nil {
 		s.members.add(out.Bytes())
 	}
+}
+
+// putIndex writes an index by rename, without the fsyncs of atomicfile:
+// it is a cache, and a torn one fails its checksum and is ignored. The
+// temp name is atomicfile's, so a killed writer's is swept.
+func (s *Store) putIndex(p string, b []byte) error {
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".tmp-")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), p)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
 }
 
 // parseIndex reads an index file into locs (keys present are kept: the
