@@ -20,7 +20,7 @@ import (
 // keyVersion names the key encoding, the tree encoding of file inputs
 // included; change it whenever an encoding or the meaning of a record
 // changes.
-const keyVersion = "minibuild-cache-key/v3"
+const keyVersion = "minibuild-cache-key/v4"
 
 // Inputs is everything a step's key is made of. Reading this type tells
 // exactly what invalidates a step; the same values explain a miss (Names).

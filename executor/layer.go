@@ -11,15 +11,17 @@ import (
 )
 
 // writeLayer writes the step's layer into the store: the blob is
-// committed, whole and verified, before any record names it.
+// committed, whole and verified, before any record names it. Members the
+// store's pool already holds are not compressed again, and a layer made
+// mostly of them is stored as its parts (store.LayerWriter).
 func (s *step) writeLayer(ctx context.Context, fill func(*layer.Writer) error) (*layer.Descriptor, error) {
 	opts := s.run.b.opts
-	bw, err := opts.Store.NewBlobWriter()
+	lw, err := opts.Store.NewLayerWriter()
 	if err != nil {
 		return nil, err
 	}
-	defer bw.Abort()
-	lopts := layer.Options{Epoch: opts.Epoch}
+	defer lw.Abort()
+	lopts := layer.Options{Epoch: opts.Epoch, Pool: lw.Pool()}
 	var ingest *snapshot.Ingest
 	if s.feedsRootfs {
 		// Extract the layer as it is written: a later step needs it as a
@@ -30,7 +32,8 @@ func (s *step) writeLayer(ctx context.Context, fill func(*layer.Writer) error) (
 		defer ingest.Abort()
 		lopts.Tee = ingest
 	}
-	w := layer.NewWriter(bw, lopts)
+	w := layer.NewWriter(lw, lopts)
+	defer w.Abort()
 	if err := fill(w); err != nil {
 		return nil, err
 	}
@@ -43,7 +46,7 @@ func (s *step) writeLayer(ctx context.Context, fill func(*layer.Writer) error) (
 			return nil, err // the blob is not committed: the store stays as it was
 		}
 	}
-	if err := bw.Commit(desc.Digest); err != nil {
+	if err := lw.Commit(desc); err != nil {
 		return nil, err
 	}
 	if ingest != nil {

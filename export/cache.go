@@ -174,6 +174,7 @@ func writeCacheMount(ctx context.Context, st *store.Store, sn *snapshot.Snapshot
 	}
 	defer bw.Abort()
 	w := layer.NewWriter(bw, layer.Options{})
+	defer w.Abort()
 	ok, err := sn.WriteCacheMount(ctx, u.ID, w)
 	if err != nil || !ok {
 		return remote.CacheMount{}, false, err

@@ -165,12 +165,20 @@ func (s *Stores) carryOut(c *store.Collection, pl *plan, f *Freed) (purge func()
 	if err := s.Cache.RemoveHints(hints...); err != nil {
 		return nil, fmt.Errorf("remove cache hints: %w", err)
 	}
-	for d := range pl.blobs {
+	kept := map[digest.Digest]bool{} // segments of a parts list that stays
+	for _, d := range pl.blobOrder() {
+		if kept[d] {
+			f.Blobs--
+			continue
+		}
 		removed, err := c.RemoveBlob(d, pl.g.leaseFloor)
 		if err != nil {
 			return nil, err
 		}
 		if !removed {
+			for _, p := range pl.g.blobs[d].Parts {
+				kept[p] = true
+			}
 			// Refreshed by a leased writer since we looked: it stays, and
 			// so may its extracted dir.
 			f.Blobs--
@@ -198,4 +206,21 @@ func metaBlobs(images []store.ImageRecord) map[digest.Digest]bool {
 		}
 	}
 	return m
+}
+
+// blobOrder lists the blobs to remove, those stored as parts first: one
+// that a writer refreshed meanwhile stays, and so must its segments.
+func (pl *plan) blobOrder() []digest.Digest {
+	var out []digest.Digest
+	for d := range pl.blobs {
+		out = append(out, d)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		pi, pj := len(pl.g.blobs[out[i]].Parts) > 0, len(pl.g.blobs[out[j]].Parts) > 0
+		if pi != pj {
+			return pi
+		}
+		return out[i] < out[j]
+	})
+	return out
 }

@@ -62,6 +62,9 @@ func newGraph(images []store.ImageRecord, records []cache.RecordInfo, hints []ca
 	}
 	for _, b := range blobs {
 		g.blobs[b.Digest] = b
+		for _, d := range b.Parts {
+			g.holders[d]++ // a blob stored as parts holds its segments' blobs
+		}
 	}
 	for _, d := range dirs {
 		g.dirs[d.ID] = d

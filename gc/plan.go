@@ -198,17 +198,25 @@ func (pl *plan) dropRecord(i int) {
 	}
 }
 
-// sweepBlobs marks every present blob nobody holds any more.
+// sweepBlobs marks every present blob nobody holds any more, until none
+// is left: a blob stored as parts that goes lets its segments' blobs go.
 func (pl *plan) sweepBlobs() {
-	for d, b := range pl.g.blobs {
-		if pl.blobs[d] || !pl.g.blobGarbage(d) {
-			continue
-		}
-		pl.blobs[d] = true
-		pl.size -= b.Size
-		if id, ok := pl.g.dirOf[d]; ok {
-			pl.g.dirHolders[id]--
-			pl.sweepDir(id)
+	for again := true; again; {
+		again = false
+		for d, b := range pl.g.blobs {
+			if pl.blobs[d] || !pl.g.blobGarbage(d) {
+				continue
+			}
+			pl.blobs[d] = true
+			pl.size -= b.Size
+			for _, p := range b.Parts {
+				pl.g.holders[p]--
+				again = true
+			}
+			if id, ok := pl.g.dirOf[d]; ok {
+				pl.g.dirHolders[id]--
+				pl.sweepDir(id)
+			}
 		}
 	}
 }

@@ -4,8 +4,9 @@
 // through Writer, so the same entries give the same diffID and digest on
 // every host: headers are normalized (no atime/ctime, no user or group
 // names, whole-second mtimes clamped to SOURCE_DATE_EPOCH when set), and one
-// gzip compressor runs at fixed settings. Callers add entries in a
-// deterministic order (a lexical directory walk).
+// gzip compressor runs at fixed settings, one gzip member per entry (see
+// Writer). Callers add entries in a deterministic order (a lexical
+// directory walk).
 package layer
 
 import (
@@ -33,9 +34,11 @@ type Options struct {
 	// Epoch, when non-nil, clamps every mtime to at most this time
 	// (SOURCE_DATE_EPOCH).
 	Epoch *time.Time
-	// Tee, when non-nil, also receives the uncompressed tar stream, e.g.
-	// to extract the layer while it is written.
+	// Tee, when non-nil, also receives the uncompressed tar stream, in
+	// order, e.g. to extract the layer while it is written.
 	Tee io.Writer
+	// Pool, when non-nil, supplies the members of entries already stored.
+	Pool Pool
 }
 
 // Descriptor is a layer's one identity, from the moment it is written to
@@ -106,40 +109,75 @@ func ociMediaType(mt types.MediaType) string {
 	return string(mt)
 }
 
-// Writer streams normalized tar entries through gzip into an io.Writer
-// while computing the layer's digest and diffID.
+// Writer streams normalized tar entries into a gzip layer while computing
+// the layer's digest and diffID. Every entry (its header blocks, data and
+// padding) becomes its own gzip member at the fixed settings, and the tar
+// trailer is the last one: the same entry always gives the same member
+// bytes, so a Pool can supply the members of entries written before
+// instead of compressing them again, and every gzip reader still reads the
+// blob as one tar stream (eStargz layers are made the same way). The
+// digest and diffID are hashed over the real streams either way.
 type Writer struct {
 	opts    Options
-	out     *countingHash
-	gz      *gzip.Writer
+	out     io.Writer
+	sink    Sink // out as a Sink, or nil
+	blob    hash.Hash
+	size    int64
 	diff    hash.Hash
 	tw      *tar.Writer
+	cut     *cutter
+	pipe    *pipeline
+	err     error // the first error of the uncompressed side (Tee)
 	entries int
 	closed  bool
 }
 
-// NewWriter returns a Writer that writes the compressed layer to w.
+// NewWriter returns a Writer that writes the compressed layer to w (member
+// by member when w is a Sink), taking members from opts.Pool when it has
+// them. The Writer compresses on every core: Close or Abort it.
 func NewWriter(w io.Writer, opts Options) *Writer {
-	out := &countingHash{w: w, h: sha256.New()}
-	gz, _ := gzip.NewWriterLevel(out, compressionLevel) // the level is valid
-	diff := sha256.New()
-	sinks := []io.Writer{gz, diff}
-	if opts.Tee != nil {
-		sinks = append(sinks, opts.Tee)
+	lw := &Writer{opts: opts, out: w, blob: sha256.New(), diff: sha256.New()}
+	lw.sink, _ = w.(Sink)
+	lw.cut = &cutter{emit: lw.emit}
+	lw.tw = tar.NewWriter(lw.cut)
+	lw.pipe = newPipeline(opts.Pool, lw.writeMember)
+	return lw
+}
+
+// emit sends one member's uncompressed bytes down the uncompressed side
+// (diffID, Tee), in order, and on to compression.
+func (w *Writer) emit(raw []byte) error {
+	w.diff.Write(raw)
+	if w.opts.Tee != nil && w.err == nil {
+		if _, err := w.opts.Tee.Write(raw); err != nil {
+			w.err = err
+		}
 	}
-	return &Writer{
-		opts: opts,
-		out:  out,
-		gz:   gz,
-		diff: diff,
-		tw:   tar.NewWriter(io.MultiWriter(sinks...)),
+	if w.err != nil {
+		return w.err
 	}
+	return w.pipe.submit(raw)
+}
+
+// writeMember writes one compressed member, in order.
+func (w *Writer) writeMember(m *member) error {
+	w.blob.Write(m.out)
+	w.size += int64(len(m.out))
+	if w.sink != nil {
+		return w.sink.WriteMember(m.key, m.from, m.out)
+	}
+	_, err := w.out.Write(m.out)
+	return err
 }
 
 // Add writes one entry. body is read for regular files (hdr.Size bytes) and
 // ignored otherwise. The header is normalized in place before writing.
 func (w *Writer) Add(hdr *tar.Header, body io.Reader) error {
+	if w.closed {
+		return fmt.Errorf("layer entry %s: the layer writer is closed", hdr.Name)
+	}
 	Normalize(hdr, w.opts)
+	w.cut.next = int(min(hdr.Size, ChunkSize)) + 2048 // header blocks and padding
 	if err := w.tw.WriteHeader(hdr); err != nil {
 		return fmt.Errorf("layer entry %s: %w", hdr.Name, err)
 	}
@@ -153,31 +191,52 @@ func (w *Writer) Add(hdr *tar.Header, body io.Reader) error {
 			return fmt.Errorf("layer entry %s: file changed while being read (%d of %d bytes)", hdr.Name, n, hdr.Size)
 		}
 	}
+	if err := w.tw.Flush(); err != nil {
+		return fmt.Errorf("layer entry %s: %w", hdr.Name, err)
+	}
+	if err := w.cut.end(); err != nil {
+		return fmt.Errorf("layer entry %s: %w", hdr.Name, err)
+	}
 	return nil
 }
 
 // Entries reports how many entries were added.
 func (w *Writer) Entries() int { return w.entries }
 
-// Close finishes the tar stream and the compression and returns the
-// layer's descriptor. It does not close the underlying writer.
+// Close finishes the tar stream (its trailer is the last member) and the
+// compression and returns the layer's descriptor. It does not close the
+// underlying writer.
 func (w *Writer) Close() (Descriptor, error) {
 	if w.closed {
 		return Descriptor{}, fmt.Errorf("layer writer already closed")
 	}
 	w.closed = true
-	if err := w.tw.Close(); err != nil {
-		return Descriptor{}, err
+	err := w.tw.Close()
+	if err == nil {
+		err = w.cut.end()
 	}
-	if err := w.gz.Close(); err != nil {
+	if perr := w.pipe.close(); err == nil {
+		err = perr
+	}
+	if err != nil {
 		return Descriptor{}, err
 	}
 	return Descriptor{
-		Digest:    digest.NewDigest(digest.SHA256, w.out.h),
+		Digest:    digest.NewDigest(digest.SHA256, w.blob),
 		DiffID:    digest.NewDigest(digest.SHA256, w.diff),
-		Size:      w.out.n,
+		Size:      w.size,
 		MediaType: MediaType,
 	}, nil
+}
+
+// Abort stops the compression of a layer that will not be closed (its
+// caller failed); after Close it does nothing.
+func (w *Writer) Abort() {
+	if w.closed {
+		return
+	}
+	w.closed = true
+	w.pipe.close()
 }
 
 // Normalize rewrites hdr so that it depends only on content: it drops
@@ -215,17 +274,4 @@ func filterPAX(in map[string]string) map[string]string {
 		}
 	}
 	return out
-}
-
-type countingHash struct {
-	w io.Writer
-	h hash.Hash
-	n int64
-}
-
-func (c *countingHash) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.h.Write(p[:n])
-	c.n += int64(n)
-	return n, err
 }

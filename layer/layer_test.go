@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"io"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -129,5 +130,89 @@ func TestDescriptorV1RoundTrip(t *testing.T) {
 	desc.MediaType = types.DockerLayer
 	if got := FromV1(desc, diffID).MediaType; got != MediaType {
 		t.Errorf("a docker layer maps to %q, want %q", got, MediaType)
+	}
+}
+
+// memPool is an in-process Pool over the members of blobs written before.
+type memPool struct {
+	blobs map[digest.Digest][]byte
+	locs  map[Key]Loc
+	hits  atomic.Int32
+}
+
+func (p *memPool) Member(k Key) (Loc, []byte, bool) {
+	l, ok := p.locs[k]
+	if !ok {
+		return Loc{}, nil, false
+	}
+	p.hits.Add(1)
+	return l, p.blobs[l.Blob][l.Offset : l.Offset+l.Length], true
+}
+
+// recorder is a Sink that keeps the blob and where each member landed.
+type recorder struct {
+	bytes.Buffer
+	keys  []Key
+	locs  []Loc
+	froms []*Loc
+}
+
+func (r *recorder) WriteMember(k Key, from *Loc, b []byte) error {
+	r.keys = append(r.keys, k)
+	r.froms = append(r.froms, from)
+	r.locs = append(r.locs, Loc{Offset: int64(r.Len()), Length: int64(len(b))})
+	r.Buffer.Write(b)
+	return nil
+}
+
+func writeFiles(t *testing.T, files map[string]string, pool Pool) (Descriptor, *recorder, []byte) {
+	t.Helper()
+	r := &recorder{}
+	var tee bytes.Buffer
+	w := NewWriter(r, Options{Pool: pool, Tee: &tee})
+	for _, name := range []string{"a", "b", "big", "c"} {
+		body := files[name]
+		h := &tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body))}
+		if err := w.Add(h, strings.NewReader(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, err := w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, r, tee.Bytes()
+}
+
+func TestMembersArePooledAndTheBlobStaysOneStream(t *testing.T) {
+	big := strings.Repeat("0123456789abcdef", 3*ChunkSize/16+100) // four members
+	files := map[string]string{"a": "alpha\n", "b": "beta\n", "big": big, "c": ""}
+	d1, r1, tee1 := writeFiles(t, files, nil)
+	if got := len(r1.keys); got != 3+4+1 {
+		t.Fatalf("%d members, want 8 (a, b, 4 of big, c and the trailer)", got)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(r1.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(plain, tee1) || digest.FromBytes(plain) != d1.DiffID || digest.FromBytes(r1.Bytes()) != d1.Digest {
+		t.Fatal("the blob does not read back as the tee'd stream, or the descriptor is wrong")
+	}
+	pool := &memPool{blobs: map[digest.Digest][]byte{d1.Digest: r1.Bytes()}, locs: map[Key]Loc{}}
+	for i, k := range r1.keys {
+		pool.locs[k] = Loc{Blob: d1.Digest, Offset: r1.locs[i].Offset, Length: r1.locs[i].Length}
+	}
+	files["b"] = "beta, edited\n"
+	d2, r2, _ := writeFiles(t, files, pool)
+	if int(pool.hits.Load()) != len(r2.keys)-1 || r2.froms[1] != nil || r2.froms[0] == nil {
+		t.Errorf("%d of %d members from the pool; want all but the edited one", pool.hits.Load(), len(r2.keys))
+	}
+	d3, r3, _ := writeFiles(t, files, nil)
+	if d2 != d3 || !bytes.Equal(r2.Bytes(), r3.Bytes()) {
+		t.Error("a layer written with pooled members differs from one compressed from scratch")
 	}
 }

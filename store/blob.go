@@ -139,7 +139,7 @@ func (s *Store) HasBlob(d digest.Digest) bool {
 		return false
 	}
 	_, err = os.Stat(p)
-	return err == nil
+	return err == nil || s.hasParts(d)
 }
 
 // refreshBlob reports whether blob d is present and, if so, renews its
@@ -155,7 +155,7 @@ func (s *Store) refreshBlob(d digest.Digest) bool {
 		return false // unprotected: the caller writes the blob, which fails clearly
 	}
 	now := time.Now()
-	if os.Chtimes(p, now, now) == nil {
+	if os.Chtimes(p, now, now) == nil || s.refreshParts(d) {
 		return true
 	}
 	_, err = os.Stat(p)
@@ -171,6 +171,10 @@ func (s *Store) OpenBlob(d digest.Digest) (io.ReadCloser, error) {
 	}
 	f, err := os.Open(p)
 	if errors.Is(err, os.ErrNotExist) {
+		rc, err := s.openParts(d) // parts.go
+		if !errors.Is(err, ErrNotFound) {
+			return rc, err
+		}
 		if rc, ok, err := s.openRemote(d); ok {
 			return rc, err // a remote blob, fetched now (remote.go)
 		}
@@ -227,7 +231,7 @@ func (s *Store) removeBlob(d digest.Digest) error {
 	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove blob %s: %w", d, err)
 	}
-	return nil
+	return s.removeParts(d)
 }
 
 func syncDir(dir string) error {

@@ -46,12 +46,15 @@ type BlobRef struct {
 	Size   int64
 }
 
-// BlobInfo is a blob file as found on disk.
+// BlobInfo is a blob file as found on disk. A blob stored as its parts
+// (parts.go) names the blobs that hold them, which it keeps alive; its Size
+// is its parts list's, as the segments' bytes count in their own blobs.
 type BlobInfo struct {
 	Digest  digest.Digest
 	Size    int64
 	ModTime time.Time
 	Remote  bool // a remote record (remote.go): no bytes here, Size 0
+	Parts   []digest.Digest
 }
 
 // Collect runs fn under the store lock with the current images and the
@@ -139,6 +142,10 @@ func (c *Collection) Blobs() ([]BlobInfo, error) {
 		}
 		out = append(out, BlobInfo{Digest: d, Size: fi.Size(), ModTime: fi.ModTime()})
 	}
+	out, err = c.s.withParts(out)
+	if err != nil {
+		return nil, err
+	}
 	return c.s.withRemote(out), nil
 }
 
@@ -199,6 +206,9 @@ func (c *Collection) RemoveBlob(d digest.Digest, keepAfter time.Time) (bool, err
 		return false, err
 	}
 	fi, err := os.Stat(p)
+	if errors.Is(err, os.ErrNotExist) {
+		fi, err = os.Stat(c.s.partsPath(d))
+	}
 	if errors.Is(err, os.ErrNotExist) {
 		return c.s.removeRemoteIfOld(d, keepAfter)
 	}

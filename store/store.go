@@ -42,7 +42,8 @@ type Store struct {
 	leaseMu  sync.Mutex
 	ownLease *Lease // taken before the first write (writeLease)
 
-	remote remoteState // remote blobs' fetcher (remote.go)
+	remote  remoteState // remote blobs' fetcher (remote.go)
+	members memberCache // the member pool (members.go)
 }
 
 // Open opens (creating if needed) the store at root.
@@ -71,6 +72,7 @@ func (s *Store) Root() string { return s.root }
 func (s *Store) removeStaleTemps() {
 	flock.Sweep(filepath.Join(s.root, "tmp"), nil)
 	atomicfile.SweepDir(s.root)
+	s.sweepPartsTemps() // parts.go
 }
 
 // SweepTemps is what Open does first, for prune: it removes the temp

@@ -1,0 +1,192 @@
+package layer
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"runtime"
+	"sync"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/opencontainers/go-digest"
+)
+
+// ChunkSize is the most uncompressed bytes one member holds: an entry
+// larger than this (a big file) is cut at fixed offsets from its start
+// into several members, so that a change in one part of the file leaves
+// the other members as they were, both cores compress one file, and a
+// member in flight is bounded in memory. Changing it changes layers.
+const ChunkSize = 1 << 20
+
+// Key names a member by the uncompressed bytes it holds: their sha256.
+//
+// Why sha256 and not a cheaper hash or the file digest the context already
+// has: the pool's bytes go into a blob named by its digest without being
+// decompressed again, so a collision would make the store lie; the key
+// must be collision-resistant. It covers the exact tar bytes (header,
+// data, padding), so a renamed, re-moded or re-timed file is another
+// member, whichever caller (COPY, a RUN's diff, a cache export) produced
+// it. It costs no compression: the workers hash in parallel, and with the
+// CPU's SHA extensions sha256 runs at over 1 GB/s, several times the
+// speed of gzip -1.
+type Key [sha256.Size]byte
+
+// Loc is where a member's compressed bytes are stored: a range of a blob
+// file.
+type Loc struct {
+	Blob   digest.Digest
+	Offset int64
+	Length int64
+}
+
+// Pool finds members already compressed and stored. Member returns the
+// stored bytes of the member with key k; false means none (or unreadable
+// ones): the Writer compresses the entry then. It is called from several
+// goroutines at once.
+type Pool interface {
+	Member(k Key) (Loc, []byte, bool)
+}
+
+// Sink is a destination that wants the layer member by member (the
+// store keeps pooled members by reference): when the io.Writer given to
+// NewWriter implements it, the Writer calls WriteMember once per member,
+// in order, instead of Write; from is where a pooled member's bytes were
+// found, nil for a member compressed now.
+type Sink interface {
+	WriteMember(k Key, from *Loc, compressed []byte) error
+}
+
+// member is one piece of the tar stream on its way to the blob.
+type member struct {
+	raw  []byte
+	key  Key
+	from *Loc
+	out  []byte
+	done chan struct{}
+}
+
+// pipeline compresses members on every core and writes them in order:
+// workers take members from work, one goroutine writes them as they come
+// in order; order's capacity bounds what is in flight.
+type pipeline struct {
+	pool    Pool
+	work    chan *member
+	order   chan *member
+	workers sync.WaitGroup
+	drained chan struct{}
+	write   func(*member) error
+	mu      sync.Mutex
+	err     error
+}
+
+func newPipeline(pool Pool, write func(*member) error) *pipeline {
+	n := runtime.GOMAXPROCS(0)
+	p := &pipeline{pool: pool, work: make(chan *member, 4*n), order: make(chan *member, 4*n),
+		drained: make(chan struct{}), write: write}
+	p.workers.Add(n)
+	for i := 0; i < n; i++ {
+		go p.worker()
+	}
+	go p.writer()
+	return p
+}
+
+// submit queues one member; it reports the first write error so far.
+func (p *pipeline) submit(raw []byte) error {
+	if err := p.failed(); err != nil {
+		return err
+	}
+	m := &member{raw: raw, done: make(chan struct{})}
+	p.order <- m
+	p.work <- m
+	return nil
+}
+
+// close waits for every queued member to be written.
+func (p *pipeline) close() error {
+	close(p.work)
+	close(p.order)
+	<-p.drained
+	p.workers.Wait()
+	return p.failed()
+}
+
+func (p *pipeline) failed() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.err
+}
+
+func (p *pipeline) worker() {
+	defer p.workers.Done()
+	var zw *gzip.Writer
+	for m := range p.work {
+		m.key = sha256.Sum256(m.raw)
+		if p.pool != nil {
+			if loc, b, ok := p.pool.Member(m.key); ok {
+				m.from, m.out = &loc, b
+				close(m.done)
+				continue
+			}
+		}
+		buf := bytes.NewBuffer(make([]byte, 0, len(m.raw)/2+64))
+		if zw == nil {
+			zw, _ = gzip.NewWriterLevel(buf, compressionLevel) // the level is valid
+		} else {
+			zw.Reset(buf) // a zero header: no name, no mtime
+		}
+		zw.Write(m.raw) // writes to a bytes.Buffer do not fail
+		zw.Close()
+		m.out = buf.Bytes()
+		close(m.done)
+	}
+}
+
+func (p *pipeline) writer() {
+	defer close(p.drained)
+	for m := range p.order {
+		<-m.done
+		if p.failed() == nil {
+			if err := p.write(m); err != nil {
+				p.mu.Lock()
+				p.err = err
+				p.mu.Unlock()
+			}
+		}
+		m.raw, m.out = nil, nil
+	}
+}
+
+// cutter collects the tar stream into members: Write appends, and cuts a
+// member every ChunkSize bytes; end cuts what is left of the entry.
+type cutter struct {
+	buf  []byte
+	next int // the expected size of the entry being written
+	emit func([]byte) error
+}
+
+func (c *cutter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		k := min(len(p), ChunkSize-len(c.buf))
+		if c.buf == nil {
+			c.buf = make([]byte, 0, min(ChunkSize, max(k, c.next)))
+		}
+		c.buf = append(c.buf, p[:k]...)
+		p = p[k:]
+		if len(c.buf) == ChunkSize {
+			if err := c.end(); err != nil {
+				return n - len(p), err
+			}
+		}
+	}
+	return n, nil
+}
+
+func (c *cutter) end() error {
+	if len(c.buf) == 0 {
+		return nil
+	}
+	b := c.buf
+	c.buf = nil
+	return c.emit(b)
+}
