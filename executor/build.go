@@ -26,6 +26,7 @@ import (
 	"github.com/minibuild/minibuild/buildctx"
 	"github.com/minibuild/minibuild/cache"
 	"github.com/minibuild/minibuild/parser"
+	"github.com/minibuild/minibuild/sandbox"
 	"github.com/minibuild/minibuild/snapshot"
 	"github.com/minibuild/minibuild/store"
 )
@@ -145,6 +146,10 @@ type builder struct {
 	res    Result
 	keys   map[int][]digest.Digest // step keys by stage, for --cache-to
 	mounts map[string]string       // cache mount id → sharing, for --cache-to
+
+	// net is the private network every default-network RUN of the
+	// build joins, made at the first; closed when the build ends.
+	net sandbox.SharedNetwork
 }
 
 // Build runs the build described by opts.
@@ -166,6 +171,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 	defer b.lease.Release()
+	defer b.net.Close()
 	defer func() {
 		if b.bctx != nil {
 			b.bctx.Close()

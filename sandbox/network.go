@@ -90,16 +90,17 @@ func privateResolvConf() []byte {
 	return b.Bytes()
 }
 
-// slirp is a running helper serving one step's namespace.
+// slirp is a running helper serving one namespace.
 type slirp struct {
 	cmd   *exec.Cmd
 	exitW *os.File
 	done  chan error
 }
 
-// startSlirp attaches the helper to the network namespace of pid and
-// returns once the namespace has its tap device, address and route.
-func startSlirp(path string, pid int) (*slirp, error) {
+// startSlirp attaches the helper to the network namespace ns, or when
+// ns is nil to that of pid, and returns once the namespace has its tap
+// device, address and route.
+func startSlirp(path string, pid int, ns *os.File) (*slirp, error) {
 	readyR, readyW, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -111,9 +112,15 @@ func startSlirp(path string, pid int) (*slirp, error) {
 		return nil, err
 	}
 	var stderr bytes.Buffer
-	cmd := exec.Command(path, "--configure", "--mtu=65520", "--disable-host-loopback",
-		"--enable-sandbox", "--enable-seccomp", "--ready-fd=3", "--exit-fd=4", strconv.Itoa(pid), "tap0")
-	cmd.ExtraFiles = []*os.File{readyW, exitR}
+	args := []string{"--configure", "--mtu=65520", "--disable-host-loopback",
+		"--enable-sandbox", "--enable-seccomp", "--ready-fd=3", "--exit-fd=4", strconv.Itoa(pid), "tap0"}
+	files := []*os.File{readyW, exitR}
+	if ns != nil { // fd 5 in the helper
+		args = append(args[:len(args)-2], "--netns-type=path", "/proc/self/fd/5", "tap0")
+		files = append(files, ns)
+	}
+	cmd := exec.Command(path, args...)
+	cmd.ExtraFiles = files
 	cmd.Stdout, cmd.Stderr = io.Discard, &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // ^C is minibuild's to handle
 	err = cmd.Start()
