@@ -180,6 +180,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if err := b.runStages(ctx, b.graph.needed(target)); err != nil {
 		return nil, err
 	}
+	b.net.Shutdown() // no RUN is left: the network goes while the image is committed
 	return b.finish(target)
 }
 

@@ -154,6 +154,12 @@ func startSlirp(path string, pid int, ns *os.File) (*slirp, error) {
 // follows if it lingers.
 func (s *slirp) stop() {
 	s.exitW.Close()
+	s.wait()
+}
+
+// wait reaps the helper once stop (or its exit pipe's closing) asked it
+// to go.
+func (s *slirp) wait() {
 	select {
 	case <-s.done:
 	case <-time.After(5 * time.Second):

@@ -263,15 +263,17 @@ func startInit(spec Spec, cloneflags uintptr, netns *os.File) (*initProc, error)
 	go func() {
 		// Pdeathsig fires when the thread that forked exits: keep it
 		// alive until the init is reaped.
-		// A thread that joins netns (the init forks from it) stays
-		// locked: the runtime retires it when the goroutine ends rather
-		// than reuse it in a foreign namespace.
+		// The init forks from this thread, so it starts in netns when
+		// the thread has joined it; the thread goes home afterwards.
 		runtime.LockOSThread()
 		if netns == nil {
 			defer runtime.UnlockOSThread()
 		} else if err := unix.Setns(int(netns.Fd()), unix.CLONE_NEWNET); err != nil {
+			goHome()
 			started <- fmt.Errorf("join the build's network: %w", err)
 			return
+		} else {
+			defer goHome()
 		}
 		if err := p.cmd.Start(); err != nil {
 			started <- err

@@ -66,38 +66,83 @@ func (n *SharedNetwork) join(path string) (*os.File, error) {
 	return ns, nil
 }
 
-// Close stops the helper, waits until it is reaped and releases the
-// namespace; every Run given n must have returned. A later Run with n
-// fails. Closing an unused SharedNetwork does nothing.
-func (n *SharedNetwork) Close() error {
+// Shutdown starts the teardown without waiting for it: no RUN may join
+// any more, the namespace is let go and the helper is asked to exit
+// (the kernel takes 5–40 ms to destroy its tap device). Close waits.
+func (n *SharedNetwork) Shutdown() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.shutdown()
+}
+
+func (n *SharedNetwork) shutdown() {
 	n.closed = true
-	if n.ns == nil {
-		return nil
+	if n.ns != nil {
+		n.ns.Close()
+		n.helper.exitW.Close()
+		n.ns = nil
 	}
-	n.helper.stop()
-	err := n.ns.Close()
-	n.ns, n.helper = nil, nil
-	return err
+}
+
+// Close shuts n down and returns once its helper is reaped; every Run
+// given n must have returned. A later Run with n fails. Closing an unused
+// SharedNetwork does nothing.
+func (n *SharedNetwork) Close() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.shutdown()
+	if n.helper != nil {
+		n.helper.wait()
+		n.helper = nil
+	}
+}
+
+// home is the process's own network namespace. A thread that visits
+// another is locked to its goroutine until it returns here (goHome), so
+// every unlocked thread is at home.
+var home struct {
+	once sync.Once
+	f    *os.File
+	err  error
+}
+
+// homeNetns opens home on first use, from an unlocked thread.
+func homeNetns() (*os.File, error) {
+	home.once.Do(func() {
+		home.f, home.err = os.Open("/proc/thread-self/ns/net")
+	})
+	return home.f, home.err
+}
+
+// goHome returns the calling locked thread to home and unlocks it. A
+// thread that cannot go back stays locked: the runtime retires it when
+// its goroutine ends rather than run Go code in a foreign namespace.
+func goHome() {
+	if h, err := homeNetns(); err == nil && unix.Setns(int(h.Fd()), unix.CLONE_NEWNET) == nil {
+		runtime.UnlockOSThread()
+	}
 }
 
 // newNetns creates a network namespace with loopback up and no TCP
-// TIME_WAIT, and returns it open. It unshares on a thread of its own,
-// which never runs Go code again: the goroutine ends still locked, so
-// the runtime retires the thread.
+// TIME_WAIT, and returns it open. It unshares on a thread of its own
+// that then goes home.
 func newNetns() (*os.File, error) {
+	if _, err := homeNetns(); err != nil {
+		return nil, err
+	}
 	type result struct {
 		f   *os.File
 		err error
 	}
 	ch := make(chan result, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		runtime.LockOSThread()
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread() // unshare failed: still at home
 			ch <- result{err: err}
 			return
 		}
+		defer goHome()
 		f, err := os.Open("/proc/thread-self/ns/net")
 		if err == nil {
 			err = configureNetns()
