@@ -16,16 +16,17 @@ import (
 )
 
 // The default network is private: the build's RUNs share a network
-// namespace of their own (SharedNetwork), and slirp4netns (Debian's slirp4netns package) gives it a
-// way out as user-mode networking — a tap device whose packets become
-// ordinary sockets of a host process. The host's 127.0.0.1 services,
-// abstract unix sockets and traffic stay out of reach
-// (--disable-host-loopback refuses the gateway's way to the host's
-// loopback). slirp4netns rather than pasta: it is what rootless docker,
-// podman and BuildKit use, and it has the two handshakes a helper we
-// start needs (--ready-fd once the tap is configured, --exit-fd to stop
-// with the build, even when minibuild is killed); Debian 12's passt is a
-// 2023 snapshot whose pasta options have changed since.
+// namespace of their own (SharedNetwork), and slirp4netns (Debian's
+// slirp4netns package) gives it a way out as user-mode networking — a
+// tap device whose packets become ordinary sockets of a host process.
+// The host's 127.0.0.1 services, abstract unix sockets and traffic stay
+// out of reach (--disable-host-loopback refuses the gateway's way to the
+// host's loopback). slirp4netns rather than pasta: it is what rootless
+// docker, podman and BuildKit use, and it has the two handshakes a
+// helper we start needs (--ready-fd once the tap is configured,
+// --exit-fd to stop with the build, even when minibuild is killed);
+// Debian 12's passt is a 2023 snapshot whose pasta options have changed
+// since.
 
 // slirpHelper is the helper's name on PATH.
 const slirpHelper = "slirp4netns"
