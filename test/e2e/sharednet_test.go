@@ -15,8 +15,8 @@ import (
 
 // The default-network RUNs of one build share one private network
 // namespace (concurrent stages too), yet nothing of a RUN outlives it: a
-// server RUN 1 leaves running is gone in RUN 2, with no listener or
-// TIME_WAIT entry left. An insecure RUN, which could reconfigure the
+// server RUN 1 leaves running is gone in RUN 2, with no listener,
+// TIME_WAIT or conntrack entry left. An insecure RUN, which could reconfigure the
 // namespace, gets its own; none and host keep theirs. After the build no
 // process of it (its slirp4netns above all) is left, running or unreaped.
 func TestRunSharedNetwork(t *testing.T) {
@@ -34,8 +34,10 @@ FROM busybox
 COPY --from=a /a /r/stage-a
 COPY --from=b /b /r/stage-b
 RUN mkdir -p /www && echo hi > /www/x && `+ns+` > /r/run1 \
- && busybox httpd -p 8080 -h /www && busybox wget -q -O /r/fetched http://127.0.0.1:8080/x
+ && busybox httpd -p 8080 -h /www && busybox wget -q -O /r/fetched http://127.0.0.1:8080/x \
+ && (busybox wget -q -T 1 -O- http://10.0.2.2:9/ 2>/dev/null; true)
 RUN `+ns+` > /r/run2 && `+sockets+` > /r/sockets \
+ && (cat /proc/sys/net/netfilter/nf_conntrack_count 2>/dev/null || echo 0) > /r/conntrack \
  && (busybox wget -q -T 2 -O- http://127.0.0.1:8080/x > /r/again 2>/dev/null || echo refused > /r/again)
 RUN --security=insecure `+ns+` > /r/insecure
 RUN --network=none `+ns+` > /r/none
@@ -71,6 +73,9 @@ RUN --network=host `+ns+` > /r/host
 	}
 	if got("sockets") != "0" || got("again") != "refused" {
 		t.Errorf("RUN 1's server outlived it: RUN 2 sees %s listening or TIME_WAIT sockets, its fetch got %q", got("sockets"), got("again"))
+	}
+	if got("conntrack") != "0" {
+		t.Errorf("RUN 2 sees %s conntrack entries", got("conntrack"))
 	}
 	for f, not := range map[string][]string{"insecure": {shared, host}, "none": {shared, host}, "host": {shared}} {
 		if v := got(f); v == "" || slices.Contains(not, v) {
