@@ -24,9 +24,10 @@ import (
 // sockets, which are per network namespace — are gone before the next
 // RUN starts. What a socket leaves behind in the namespace itself is
 // handled where it is made: TCP keeps no TIME_WAIT entries here
-// (tcp_max_tw_buckets is 0; the peer is the helper's user-mode stack on
-// the same host, so there are no stray segments to guard against), or
-// the next RUN could not bind a port the last one served. Nothing else
+// (tcp_max_tw_buckets is 0), or the next RUN could not bind a port the
+// last one served; TIME_WAIT guards against late segments of a closed
+// connection, and the only peers here are the namespace's own loopback
+// and the helper's user-mode stack on the same host. Nothing else
 // can persist: a RUN holds no CAP_NET_ADMIN, so it cannot change
 // addresses, routes, sysctls or netfilter rules, and with no rules no
 // conntrack state is kept. An insecure RUN (every capability) could, so
