@@ -26,6 +26,7 @@ import (
 	"github.com/minibuild/minibuild/buildctx"
 	"github.com/minibuild/minibuild/cache"
 	"github.com/minibuild/minibuild/parser"
+	"github.com/minibuild/minibuild/sandbox"
 	"github.com/minibuild/minibuild/snapshot"
 	"github.com/minibuild/minibuild/store"
 )
@@ -147,6 +148,10 @@ type builder struct {
 	mounts map[string]string       // cache mount id → sharing, for --cache-to
 
 	imports importWrites // imported hits being written to the local index (remote.go)
+
+	// net is the private network every default-network RUN of the
+	// build joins, made at the first; closed when the build ends.
+	net sandbox.SharedNetwork
 }
 
 // Build runs the build described by opts.
@@ -169,6 +174,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	}
 	defer b.lease.Release()
 	defer b.imports.wait()
+	defer b.net.Close()
 	defer func() {
 		if b.bctx != nil {
 			b.bctx.Close()
@@ -177,6 +183,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if err := b.runStages(ctx, b.graph.needed(target)); err != nil {
 		return nil, err
 	}
+	b.net.Shutdown() // no RUN is left: the network goes while the image is committed
 	return b.finish(target)
 }
 

@@ -248,6 +248,7 @@ func (s *step) runSpec(ctx context.Context, c *instructions.RunCommand, ms *moun
 		Network:    network,
 		Insecure:   instructions.GetSecurity(c) == instructions.SecurityInsecure,
 		ExtraHosts: s.run.b.opts.ExtraHosts,
+		Net:        &s.run.b.net,
 		Stdout:     out,
 		Stderr:     out,
 	}, nil

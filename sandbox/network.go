@@ -15,17 +15,18 @@ import (
 	"time"
 )
 
-// The default network is private: the step gets its own network
-// namespace, and slirp4netns (Debian's slirp4netns package) gives it a
-// way out as user-mode networking — a tap device whose packets become
-// ordinary sockets of a host process. The host's 127.0.0.1 services,
-// abstract unix sockets and traffic stay out of reach
-// (--disable-host-loopback refuses the gateway's way to the host's
-// loopback). slirp4netns rather than pasta: it is what rootless docker,
-// podman and BuildKit use, and it has the two handshakes a per-step
-// helper needs (--ready-fd once the tap is configured, --exit-fd to stop
-// with the step, even when minibuild is killed); Debian 12's passt is a
-// 2023 snapshot whose pasta options have changed since.
+// The default network is private: the build's RUNs share a network
+// namespace of their own (SharedNetwork), and slirp4netns (Debian's
+// slirp4netns package) gives it a way out as user-mode networking — a
+// tap device whose packets become ordinary sockets of a host process.
+// The host's 127.0.0.1 services, abstract unix sockets and traffic stay
+// out of reach (--disable-host-loopback refuses the gateway's way to the
+// host's loopback). slirp4netns rather than pasta: it is what rootless
+// docker, podman and BuildKit use, and it has the two handshakes a
+// helper we start needs (--ready-fd once the tap is configured,
+// --exit-fd to stop with the build, even when minibuild is killed);
+// Debian 12's passt is a 2023 snapshot whose pasta options have changed
+// since.
 
 // slirpHelper is the helper's name on PATH.
 const slirpHelper = "slirp4netns"
@@ -90,16 +91,17 @@ func privateResolvConf() []byte {
 	return b.Bytes()
 }
 
-// slirp is a running helper serving one step's namespace.
+// slirp is a running helper serving one namespace.
 type slirp struct {
 	cmd   *exec.Cmd
 	exitW *os.File
 	done  chan error
 }
 
-// startSlirp attaches the helper to the network namespace of pid and
-// returns once the namespace has its tap device, address and route.
-func startSlirp(path string, pid int) (*slirp, error) {
+// startSlirp attaches the helper to the network namespace ns, or when
+// ns is nil to that of pid, and returns once the namespace has its tap
+// device, address and route.
+func startSlirp(path string, pid int, ns *os.File) (*slirp, error) {
 	readyR, readyW, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -111,9 +113,15 @@ func startSlirp(path string, pid int) (*slirp, error) {
 		return nil, err
 	}
 	var stderr bytes.Buffer
-	cmd := exec.Command(path, "--configure", "--mtu=65520", "--disable-host-loopback",
-		"--enable-sandbox", "--enable-seccomp", "--ready-fd=3", "--exit-fd=4", strconv.Itoa(pid), "tap0")
-	cmd.ExtraFiles = []*os.File{readyW, exitR}
+	args := []string{"--configure", "--mtu=65520", "--disable-host-loopback",
+		"--enable-sandbox", "--enable-seccomp", "--ready-fd=3", "--exit-fd=4", strconv.Itoa(pid), "tap0"}
+	files := []*os.File{readyW, exitR}
+	if ns != nil { // fd 5 in the helper
+		args = append(args[:len(args)-2], "--netns-type=path", "/proc/self/fd/5", "tap0")
+		files = append(files, ns)
+	}
+	cmd := exec.Command(path, args...)
+	cmd.ExtraFiles = files
 	cmd.Stdout, cmd.Stderr = io.Discard, &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // ^C is minibuild's to handle
 	err = cmd.Start()
@@ -147,6 +155,12 @@ func startSlirp(path string, pid int) (*slirp, error) {
 // follows if it lingers.
 func (s *slirp) stop() {
 	s.exitW.Close()
+	s.wait()
+}
+
+// wait reaps the helper once stop (or its exit pipe's closing) asked it
+// to go.
+func (s *slirp) wait() {
 	select {
 	case <-s.done:
 	case <-time.After(5 * time.Second):

@@ -25,6 +25,7 @@ import (
 	"syscall"
 
 	"github.com/minibuild/minibuild/mount"
+	"golang.org/x/sys/unix"
 )
 
 // initEnv marks the re-executed process as the sandbox init.
@@ -60,8 +61,12 @@ type Spec struct {
 	// ExtraHosts ("host:ip", --add-host) are added to the host's
 	// /etc/hosts the step sees.
 	ExtraHosts []string
-	Stdout     io.Writer
-	Stderr     io.Writer
+	// Net, when set, is the build's network: a default-network RUN
+	// joins it rather than getting a namespace and helper of its own
+	// (an insecure one does not; see SharedNetwork).
+	Net    *SharedNetwork
+	Stdout io.Writer
+	Stderr io.Writer
 }
 
 // Network is a RUN's network mode.
@@ -167,6 +172,7 @@ func Run(ctx context.Context, spec Spec) error {
 	}
 	cloneflags := uintptr(syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC)
 	helperPath := ""
+	var shared *os.File // the build's namespace, joined
 	switch spec.Network {
 	case "", NetworkDefault:
 		var err error
@@ -175,6 +181,12 @@ func Run(ctx context.Context, spec Spec) error {
 			break
 		}
 		is.Network, is.ResolvConf = NetworkDefault, privateResolvConf()
+		if spec.Net != nil && !spec.Insecure {
+			if shared, err = spec.Net.join(helperPath); err != nil {
+				return fmt.Errorf("sandbox: %w", err)
+			}
+			break
+		}
 		cloneflags |= syscall.CLONE_NEWNET
 	case NetworkHost:
 		is.HostNet = true
@@ -187,14 +199,14 @@ func Run(ctx context.Context, spec Spec) error {
 	if err != nil {
 		return fmt.Errorf("sandbox: encode spec: %w", err)
 	}
-	p, err := startInit(spec, cloneflags)
+	p, err := startInit(spec, cloneflags, shared)
 	if err != nil {
 		return err
 	}
-	if is.Network == NetworkDefault {
+	if is.Network == NetworkDefault && shared == nil {
 		// The init waits for its spec, so the command starts only once
 		// the namespace has its way out.
-		net, err := startSlirp(helperPath, p.cmd.Process.Pid)
+		net, err := startSlirp(helperPath, p.cmd.Process.Pid, nil)
 		if err != nil {
 			p.specW.Close()
 			p.cmd.Process.Kill()
@@ -220,9 +232,9 @@ type initProc struct {
 	status chan initStatus
 }
 
-// startInit starts the init in its new namespaces; fds 3 and 4 are the
-// spec and status pipes.
-func startInit(spec Spec, cloneflags uintptr) (*initProc, error) {
+// startInit starts the init in its new namespaces, and in the network
+// namespace netns when set; fds 3 and 4 are the spec and status pipes.
+func startInit(spec Spec, cloneflags uintptr, netns *os.File) (*initProc, error) {
 	specR, specW, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
@@ -251,8 +263,18 @@ func startInit(spec Spec, cloneflags uintptr) (*initProc, error) {
 	go func() {
 		// Pdeathsig fires when the thread that forked exits: keep it
 		// alive until the init is reaped.
+		// The init forks from this thread, so it starts in netns when
+		// the thread has joined it; the thread goes home afterwards.
 		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
+		if netns == nil {
+			defer runtime.UnlockOSThread()
+		} else if err := unix.Setns(int(netns.Fd()), unix.CLONE_NEWNET); err != nil {
+			goHome()
+			started <- fmt.Errorf("join the build's network: %w", err)
+			return
+		} else {
+			defer goHome()
+		}
 		if err := p.cmd.Start(); err != nil {
 			started <- err
 			return
