@@ -46,6 +46,7 @@ func (sn *Snapshotter) LayerDirs() ([]LayerDir, error) {
 		return nil, fmt.Errorf("list extracted layers: %w", err)
 	}
 	var out []LayerDir
+	pooled := sn.pooledInodes()
 	for _, e := range ents {
 		if !e.IsDir() || e.Name() == emptyDir {
 			continue
@@ -55,7 +56,7 @@ func (sn *Snapshotter) LayerDirs() ([]LayerDir, error) {
 		if err != nil {
 			continue
 		}
-		out = append(out, LayerDir{ID: e.Name(), Size: treeSize(p), Changed: changed(fi)})
+		out = append(out, LayerDir{ID: e.Name(), Size: treeSize(p, pooled), Changed: changed(fi)})
 	}
 	return out, nil
 }
@@ -119,14 +120,16 @@ func (sn *Snapshotter) detachLayer(id string) (bool, func() error, error) {
 }
 
 // TempSize is what temporary dirs (snapshots/tmp: scratch dirs of
-// running or killed builds) and COPY --from views hold.
+// running or killed builds) and COPY --from views hold, pooled files not
+// counted (views link them).
 func (sn *Snapshotter) TempSize() int64 {
-	return treeSize(sn.tmpDir) + treeSize(filepath.Join(filepath.Dir(sn.layersDir), "views"))
+	pooled := sn.pooledInodes()
+	return treeSize(sn.tmpDir, pooled) + treeSize(filepath.Join(filepath.Dir(sn.layersDir), "views"), pooled)
 }
 
 // treeSize sums the sizes of the regular files under dir, counting a
-// hard-linked inode once.
-func treeSize(dir string) int64 {
+// hard-linked inode once and a pooled one (in skip) not at all.
+func treeSize(dir string, skip map[uint64]poolFile) int64 {
 	var n int64
 	seen := map[uint64]bool{}
 	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
@@ -138,7 +141,7 @@ func treeSize(dir string) int64 {
 			return nil
 		}
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 {
-			if seen[st.Ino] {
+			if _, pooled := skip[st.Ino]; pooled || seen[st.Ino] {
 				return nil
 			}
 			seen[st.Ino] = true
