@@ -44,28 +44,33 @@ import (
 // name and every layer dir and view holding it (without the pool it is 1,
 // or 2 and more once a COPY --from view links it). Nothing else changes:
 // st_ino differs between paths, content, owner, mode, times and xattrs are
-// the tar's. containerd's overlay snapshotter and BuildKit share no file
-// between two snapshots' lower dirs (BuildKit's merge/diff apply does
-// hard-link files between snapshots, keyed by inode, when the kernel
-// cannot mount a merge: snapshot/diffapply_unix.go), so this nlink is the
-// only difference a RUN can see.
+// the tar's. containerd's overlay snapshotter shares no file between two
+// snapshots; BuildKit's merge snapshotter does what the pool does, at the
+// same path only: it hard-links a file of a source snapshot into the
+// merged one at its own subpath, falling back to a copy on EXDEV or
+// EMLINK (snapshot/diffapply_unix.go, applyHardlink), so a RUN there sees
+// the same raised nlink.
 //
 // Nothing ever writes through a pooled inode:
-//   - overlay (Prepare): layer dirs are lower dirs, and "the lower
-//     filesystem ... is never modified": a write, chmod, chown, utimes,
-//     setxattr or link first copies the file up into the upper dir
-//     ("copy_up", Documentation/filesystems/overlayfs.rst, "Non-directories";
-//     metacopy=off makes that a whole copy, and index=off breaks lower hard
-//     links on copy-up). TestPoolOverlayCopiesUp runs the writes.
+//   - overlay (Prepare): layer dirs are lower dirs. "When a file in the
+//     lower filesystem is accessed in a way the requires write-access,
+//     such as opening for write access, changing some metadata etc., the
+//     file is first copied from the lower filesystem to the upper
+//     filesystem (copy_up)" (Documentation/filesystems/overlayfs.rst,
+//     "Non-directories"); metacopy=off makes that a whole copy, and with
+//     index=off a lower hard link is broken on copy-up. A new layer
+//     linking a pooled inode while an overlay shows it changes its nlink
+//     and ctime only, as linking it into a view always did.
+//     TestPoolOverlayCopiesUp runs every kind of write.
 //   - the copying snapshotter (copy.go) gives every name of the rootfs its
-//     own inode (copyFile: a copy or reflink, never a link):
+//     own inode (copyNode: a copy or a reflink, never a link):
 //     TestPoolCopySnapshotterCopies.
 //   - views (view.go) are hard links, so they are pooled inodes too. They
-//     are only ever read (COPY --from through buildctx), or mounted in a RUN
-//     by BindView: read-only binds (EROFS for every write, metadata
+//     are only ever read (COPY --from, through buildctx), or mounted in a
+//     RUN by BindView: read-only binds (EROFS for every write, metadata
 //     included), and with rw an overlay over them (copy-up, as above) or a
 //     scratch copy (copying kind, a file source, a path overlay cannot
-//     name). TestPoolBindViewsNeverWrite.
+//     name): TestPoolBindViewsNeverWrite.
 //   - extraction itself writes only a fresh file before it is pooled, and
 //     sets no metadata on one it linked from the pool.
 //
