@@ -1,19 +1,28 @@
 package gc
 
 // The file pool (snapshot/pool.go) holds the regular files of every
-// extracted layer, each once. Its bytes belong to "extracted layers":
-// LayerDir.Size leaves pooled files out, so they are counted here, once,
-// and what removing the planned dirs frees of them is what no other dir
-// or view still links.
+// extracted layer, each once. Its bytes belong to "extracted layers": a
+// LayerDir's Size holds of them only those no other dir links (Pooled),
+// so that --keep-storage's LRU sees what removing it frees; the rest (the
+// files two layers share) is counted here, once, and what removing the
+// planned dirs frees of the pool is what no other dir or view still links.
 
 // poolFreed adds to f what the plan's removal of extracted dirs frees of
 // the pool (computed before they go, dry or not).
 func (s *Stores) poolFreed(pl *plan, f *Freed) {
+	f.LayerBytes += pl.poolFreed(s)
+}
+
+// poolFreed is what removing the plan's dirs frees of the pool beyond
+// their Pooled bytes (already in their Size).
+func (pl *plan) poolFreed(s *Stores) int64 {
 	var ids []string
+	var counted int64
 	for id := range pl.dirs {
 		ids = append(ids, id)
+		counted += pl.g.dirs[id].Pooled
 	}
-	f.LayerBytes += s.Snapshots.PoolFreed(ids)
+	return max(s.Snapshots.PoolFreed(ids)-counted, 0)
 }
 
 // sweepPool removes the pooled files no extracted layer or view links any
@@ -30,14 +39,14 @@ func (u *Usage) addPool(s *Stores, pl *plan) {
 	if err != nil {
 		return
 	}
-	var ids []string
-	for id := range pl.dirs {
-		ids = append(ids, id)
+	shared := pu.Size
+	for _, d := range pl.g.dirs {
+		shared -= d.Pooled
 	}
 	for i := range u.Kinds {
 		if u.Kinds[i].Kind == KindExtracted {
-			u.Kinds[i].Size += pu.Size
-			u.Kinds[i].Reclaimable += s.Snapshots.PoolFreed(ids)
+			u.Kinds[i].Size += max(shared, 0)
+			u.Kinds[i].Reclaimable += pl.poolFreed(s)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -100,13 +101,17 @@ func TestFilePoolStoresOnce(t *testing.T) {
 	e.build(project(t, "FROM busybox\nRUN true\n", nil), nil, "-t", "base") // extracts busybox's layer
 	a := project(t, "FROM busybox\nCOPY . /data\nRUN true\n", files)
 	b := project(t, "FROM busybox\nCOPY . /data\nRUN true\n# b\n", files)
-	before := duKB(t, filepath.Join(e.root, "snapshots"))
+	before, dfBefore := duKB(t, filepath.Join(e.root, "snapshots")), dfExtracted(t, e)
 	e.build(a, epoch, "-t", "a")
 	one := duKB(t, filepath.Join(e.root, "snapshots")) - before
 	e.build(b, epoch, "-t", "b")
 	two := duKB(t, filepath.Join(e.root, "snapshots")) - before
 	if one < 8000 || two > one+one/20 {
 		t.Errorf("du of snapshots: %d KiB for one image, %d KiB for two; want the second to add under 5%%", one, two)
+	}
+	// df counts the pooled bytes once: the 1,000 files and two Dockerfiles.
+	if got, want := dfExtracted(t, e)-dfBefore, int64(1000*8190); got < want || got > want+1024 {
+		t.Errorf("df: extracted layers grew by %d bytes for two images of %d bytes of files", got, want)
 	}
 	e.ok("rmi", "b")
 	e.ok("prune", "--all")
@@ -119,6 +124,27 @@ func TestFilePoolStoresOnce(t *testing.T) {
 	if after := duKB(t, filepath.Join(e.root, "snapshots")) - before; after > one/10+1024 {
 		t.Errorf("after rmi a and prune: %d KiB of %d left", after, one)
 	}
+}
+
+// dfExtracted is the size df reports for extracted layers.
+func dfExtracted(t *testing.T, e *env) int64 {
+	t.Helper()
+	var u struct {
+		Kinds []struct {
+			Kind string `json:"kind"`
+			Size int64  `json:"size"`
+		} `json:"kinds"`
+	}
+	if err := json.Unmarshal([]byte(e.ok("df", "--format", "json").stdout), &u); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range u.Kinds {
+		if k.Kind == "extracted layers" {
+			return k.Size
+		}
+	}
+	t.Fatal("df shows no extracted layers")
+	return 0
 }
 
 func duKB(t *testing.T, dir string) int64 {
