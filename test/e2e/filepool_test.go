@@ -159,3 +159,50 @@ func duKB(t *testing.T, dir string) int64 {
 	}
 	return n
 }
+
+// Identical files at two paths (one layer, and two layers) stay two
+// inodes: a RUN sees no hard link, a COPY --from of them writes no
+// TypeLink. A rw bind of a stage's view takes writes that never reach the
+// stage's files.
+func TestFilePoolNoFalseHardLinks(t *testing.T) {
+	epoch := []string{"SOURCE_DATE_EPOCH=1700000100"}
+	df := `FROM busybox AS s
+COPY same1 same2 /d/
+COPY same1 /e/same3
+RUN [ "$(stat -c %i /d/same1)" != "$(stat -c %i /d/same2)" ] && [ "$(stat -c %i /d/same1)" != "$(stat -c %i /e/same3)" ] \
+ && stat -c '%h %n' /d/same1 > /nlink
+FROM busybox
+RUN --mount=type=bind,from=s,target=/m,rw echo written >> /m/d/same1 && echo written >> /m/e/same3 && cat /m/d/same1 > /saw
+COPY --from=s /d /out/
+COPY --from=s /e/same3 /nlink /out/
+`
+	body := strings.Repeat("identical\n", 100)
+	for _, kind := range []string{"overlay", "copy"} {
+		t.Run(kind, func(t *testing.T) {
+			e := newEnv(t)
+			ctx := project(t, df, map[string]string{"same1": body, "same2": body})
+			out := t.TempDir()
+			e.build(ctx, epoch, "--snapshotter="+kind, "-o", "type=local,dest="+out)
+			inodes := map[uint64]string{}
+			for _, name := range []string{"out/same1", "out/same2", "out/same3"} {
+				p := filepath.Join(out, name)
+				if got := readFile(t, p); got != body {
+					t.Errorf("/%s: %q", name, tail(got, 2))
+				}
+				fi, err := os.Stat(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				st := fi.Sys().(*syscall.Stat_t)
+				if other, ok := inodes[st.Ino]; ok || st.Nlink != 1 {
+					t.Errorf("/%s is a hard link (nlink %d, same inode as %q): the layer has a TypeLink", name, st.Nlink, other)
+				}
+				inodes[st.Ino] = name
+			}
+			if got := readFile(t, filepath.Join(out, "saw")); got != body+"written\n" {
+				t.Errorf("the rw bind showed %q", tail(got, 2))
+			}
+			t.Logf("a RUN saw: %s", readFile(t, filepath.Join(out, "out/nlink")))
+		})
+	}
+}
