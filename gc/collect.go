@@ -105,6 +105,7 @@ func (s *Stores) plan(c *store.Collection, p Policy) (*plan, error) {
 		}
 	}
 	g := newGraph(images, records, hints, blobs, dirs, c.Leases())
+	g.pooled = s.sharedPool(g)
 	return newPlan(g, p), nil
 }
 

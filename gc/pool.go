@@ -32,20 +32,26 @@ func (s *Stores) sweepPool() error {
 	return err
 }
 
+// sharedPool is the pool's bytes no dir's Size holds: the files two
+// layers share, and garbage.
+func (s *Stores) sharedPool(g *graph) int64 {
+	pu, err := s.Snapshots.PoolUsage()
+	if err != nil {
+		return 0
+	}
+	n := pu.Size
+	for _, d := range g.dirs {
+		n -= d.Pooled
+	}
+	return max(n, 0)
+}
+
 // addPool counts the pool in df's extracted layers: its bytes once, and
 // as reclaimable what the default prune would free of it.
 func (u *Usage) addPool(s *Stores, pl *plan) {
-	pu, err := s.Snapshots.PoolUsage()
-	if err != nil {
-		return
-	}
-	shared := pu.Size
-	for _, d := range pl.g.dirs {
-		shared -= d.Pooled
-	}
 	for i := range u.Kinds {
 		if u.Kinds[i].Kind == KindExtracted {
-			u.Kinds[i].Size += max(shared, 0)
+			u.Kinds[i].Size += pl.g.pooled
 			u.Kinds[i].Reclaimable += pl.poolFreed(s)
 		}
 	}
