@@ -34,8 +34,10 @@ import (
 // differ (diff.go: Nlink > 1, same inode → TypeLink) and the copier
 // reading a COPY --from view (copier.linkHardLinks) would all take them
 // for hard links: the layers minibuild writes would change because of the
-// pool. ostree and composefs key by content alone and accept exactly that
-// (an ostree hardlink checkout turns identical files into one inode).
+// pool (test/e2e TestFilePoolNoFalseHardLinks fails so with a key
+// without the path). ostree's hardlink checkouts key by content and
+// metadata alone and accept exactly that: identical files become one
+// inode. The price here: identical files at two paths are stored twice.
 // Real hard links of a tar (TypeLink) are never pooled: the first name is
 // unshared (copied to a private inode) before the second is linked to it,
 // so the group stays one inode of its own, as before.
@@ -48,8 +50,8 @@ import (
 // snapshots; BuildKit's merge snapshotter does what the pool does, at the
 // same path only: it hard-links a file of a source snapshot into the
 // merged one at its own subpath, falling back to a copy on EXDEV or
-// EMLINK (snapshot/diffapply_unix.go, applyHardlink), so a RUN there sees
-// the same raised nlink.
+// EMLINK (snapshot/diffapply_unix.go, applyHardlink), so where it merges
+// by hard links a RUN sees the same raised nlink.
 //
 // Nothing ever writes through a pooled inode:
 //   - overlay (Prepare): layer dirs are lower dirs. "When a file in the
