@@ -65,6 +65,7 @@ func Collect(s *Stores, p Policy, dry bool) (Freed, error) {
 			return err
 		}
 		f = pl.freed()
+		s.poolFreed(pl, &f)
 		if dry {
 			return nil
 		}
@@ -72,7 +73,7 @@ func Collect(s *Stores, p Policy, dry bool) (Freed, error) {
 		return err
 	})
 	if purge != nil {
-		err = errors.Join(err, purge())
+		err = errors.Join(err, purge(), s.sweepPool())
 	}
 	return f, err
 }
@@ -104,6 +105,7 @@ func (s *Stores) plan(c *store.Collection, p Policy) (*plan, error) {
 		}
 	}
 	g := newGraph(images, records, hints, blobs, dirs, c.Leases())
+	g.pooled = s.sharedPool(g)
 	return newPlan(g, p), nil
 }
 

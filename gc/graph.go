@@ -34,6 +34,8 @@ type graph struct {
 	hints   []cache.HintInfo
 	blobs   map[digest.Digest]store.BlobInfo
 	dirs    map[string]snapshot.LayerDir
+	// pooled is the file pool's bytes no dir's Size holds (gc/pool.go).
+	pooled int64
 
 	tagged     map[digest.Digest]bool // blobs a tagged image names
 	holders    map[digest.Digest]int  // blob → images and records naming it
@@ -149,9 +151,9 @@ func (g *graph) dirGarbage(id string) bool {
 }
 
 // storeSize is what the cap of --keep-storage measures: blobs, extracted
-// layers and the cache index.
+// layers (their pooled files once) and the cache index.
 func (g *graph) storeSize() int64 {
-	var n int64
+	n := g.pooled
 	for _, b := range g.blobs {
 		n += b.Size
 	}

@@ -72,6 +72,7 @@ func DiskUsage(s *Stores, verbose bool) (*Usage, error) {
 			return err
 		}
 		u.storeKinds(pl)
+		u.addPool(s, pl)
 		if verbose {
 			u.perImage(pl.g)
 		}

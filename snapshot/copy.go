@@ -83,7 +83,8 @@ func copyNode(src, dst string, fi fs.FileInfo) error {
 	case 0: // regular
 		// Every name gets its own copy: overlay (index=off) breaks a lower
 		// file's hard links on copy-up too, so writing one name must not
-		// change the others, or the layers would differ.
+		// change the others, or the layers would differ. Never a link:
+		// the layers' files are pooled inodes (pool.go) other layers share.
 		if err := copyFile(src, dst); err != nil {
 			return err
 		}

@@ -78,7 +78,7 @@ func (sn *Snapshotter) extractLayer(ctx context.Context, l Layer, id string) err
 		return fmt.Errorf("extract layer %s: %w", l.Digest, err)
 	}
 	what := fmt.Sprintf("extract layer %s", l.Digest)
-	diffID, err := extract(ctx, rc, root, &extractor{meter: sn.reserve.NewMeter(what)})
+	diffID, err := extract(ctx, rc, root, &extractor{meter: sn.reserve.NewMeter(what), pool: sn.newFilePool(root)})
 	if errors.Is(err, diskspace.ErrLow) {
 		return err // the meter's error names the step
 	}
@@ -187,6 +187,7 @@ type extractor struct {
 	check   func(*tar.Header) error // when set, refuses an entry before anything of it is written
 	apply   bool
 	made    map[string]bool // apply: paths this tar made (opaque markers keep them)
+	pool    *filePool       // when set, regular files are pooled (pool.go)
 	dirs    []dirTime
 }
 
@@ -318,6 +319,11 @@ func (x *extractor) entry(root string, hdr *tar.Header, body io.Reader) error {
 		*x.devices = append(*x.devices, rel) // what was there is gone: later entries win
 		return nil
 	}
+	if x.pool != nil {
+		if done, err := x.poolEntry(root, target, hdr, body); err != nil || done {
+			return err
+		}
+	}
 	if done, err := createEntry(root, target, hdr, body); err != nil || done {
 		return err
 	}
@@ -407,16 +413,12 @@ func createEntry(root, target string, hdr *tar.Header, body io.Reader) (done boo
 		// inside a rootfs (by the kernel after pivot_root, or by resolve).
 		return false, os.Symlink(hdr.Linkname, target)
 	case tar.TypeLink:
-		lrel := strings.TrimPrefix(path.Clean("/"+hdr.Linkname), "/")
-		if lrel == "" {
-			return true, fmt.Errorf("hard link to the root")
-		}
-		lparent, err := securejoin.SecureJoin(root, path.Dir(lrel))
+		src, err := linkSource(root, hdr)
 		if err != nil {
 			return true, err
 		}
 		// link(2) does not follow a final symlink, so this stays in root.
-		if err := os.Link(filepath.Join(lparent, path.Base(lrel)), target); err != nil {
+		if err := os.Link(src, target); err != nil {
 			return true, fmt.Errorf("hard link: %w", err)
 		}
 		return true, nil // the inode's metadata came with its first name
@@ -425,6 +427,36 @@ func createEntry(root, target string, hdr *tar.Header, body io.Reader) (done boo
 		return false, unix.Mknod(target, typ|mode, int(unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))))
 	}
 	return true, nil // e.g. GNU sparse or volume headers: not part of a rootfs
+}
+
+// linkSource is the host path a hard link entry names inside root (its
+// parent resolved there).
+func linkSource(root string, hdr *tar.Header) (string, error) {
+	lrel := strings.TrimPrefix(path.Clean("/"+hdr.Linkname), "/")
+	if lrel == "" {
+		return "", fmt.Errorf("hard link to the root")
+	}
+	lparent, err := securejoin.SecureJoin(root, path.Dir(lrel))
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(lparent, path.Base(lrel)), nil
+}
+
+// poolEntry extracts a regular file through the pool (done), and before
+// a hard link unshares the inode it names.
+func (x *extractor) poolEntry(root, target string, hdr *tar.Header, body io.Reader) (done bool, err error) {
+	switch hdr.Typeflag {
+	case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old tars still use '\x00'
+		return true, x.pool.file(target, strings.TrimPrefix(target, root+string(filepath.Separator)), hdr, body)
+	case tar.TypeLink:
+		src, err := linkSource(root, hdr)
+		if err != nil {
+			return true, err
+		}
+		return false, x.pool.unshare(src)
+	}
+	return false, nil
 }
 
 // applyMeta sets owner, xattrs and mode (in that order: chown clears the

@@ -55,7 +55,7 @@ func (sn *Snapshotter) NewIngest(ctx context.Context) (*Ingest, error) {
 	pr, pw := io.Pipe()
 	in := &Ingest{sn: sn, pw: pw, root: root, release: release, done: make(chan error, 1)}
 	go func() {
-		x := &extractor{meter: sn.reserve.NewMeter("extract the new layer")}
+		x := &extractor{meter: sn.reserve.NewMeter("extract the new layer"), pool: sn.newFilePool(root)}
 		err := x.run(ctx, tar.NewReader(pr), root)
 		if err == nil {
 			_, err = io.Copy(io.Discard, pr) // the tar's trailing padding

@@ -19,10 +19,19 @@ import (
 )
 
 // signature describes a tree as extraction leaves it: types, modes,
-// owners, contents, link targets, whiteout devices and opaque markers.
+// owners, contents, link targets, whiteout devices and opaque markers, and
+// for a file the names it has in the tree (a pooled file's st_nlink also
+// counts the pool's name and other layers', pool.go).
 func signature(t *testing.T, root string) string {
 	t.Helper()
 	var lines []string
+	names := map[uint64]int{}
+	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if fi, err := os.Lstat(p); err == nil && fi.Mode().IsRegular() {
+			names[fi.Sys().(*syscall.Stat_t).Ino]++
+		}
+		return nil
+	})
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || p == root {
 			return err
@@ -37,7 +46,7 @@ func signature(t *testing.T, root string) string {
 		switch {
 		case fi.Mode().IsRegular():
 			b, _ := os.ReadFile(p)
-			line += fmt.Sprintf(" %x nlink=%d", sha256.Sum256(b), st.Nlink)
+			line += fmt.Sprintf(" %x names=%d", sha256.Sum256(b), names[st.Ino])
 		case fi.Mode()&fs.ModeSymlink != 0:
 			l, _ := os.Readlink(p)
 			line += " -> " + l

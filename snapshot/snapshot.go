@@ -94,7 +94,7 @@ func New(root string, blobs BlobOpener) (*Snapshotter, error) {
 		kind:      KindAuto,
 	}
 	sn.probeOverlay = sn.mountTestOverlay
-	for _, d := range []string{filepath.Join(sn.layersDir, emptyDir), sn.tmpDir, sn.cacheDir} {
+	for _, d := range []string{filepath.Join(sn.layersDir, emptyDir), sn.tmpDir, sn.cacheDir, sn.poolDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("create snapshotter dir: %w", err)
 		}

@@ -21,8 +21,12 @@ import (
 
 // LayerDir is one extracted layer under root/snapshots/layers.
 type LayerDir struct {
-	ID   string // LayerDirID of its diffID
-	Size int64  // bytes of its regular files, each inode once
+	ID string // LayerDirID of its diffID
+	// Size is the bytes of its regular files, each inode once: its own,
+	// and of the pooled ones those only it links (Pooled): what removing
+	// it alone frees. PoolUsage counts the pool's other files, once.
+	Size   int64
+	Pooled int64
 	// Changed is the later of the dir's mtime and ctime: when it was
 	// extracted (rename into place sets the ctime).
 	Changed time.Time
@@ -46,6 +50,9 @@ func (sn *Snapshotter) LayerDirs() ([]LayerDir, error) {
 		return nil, fmt.Errorf("list extracted layers: %w", err)
 	}
 	var out []LayerDir
+	var inos [][]uint64 // the pooled inodes of each dir of out
+	pooled := sn.pooledInodes()
+	dirsOf := map[uint64]int{} // pooled inode → the dirs linking it
 	for _, e := range ents {
 		if !e.IsDir() || e.Name() == emptyDir {
 			continue
@@ -55,7 +62,20 @@ func (sn *Snapshotter) LayerDirs() ([]LayerDir, error) {
 		if err != nil {
 			continue
 		}
-		out = append(out, LayerDir{ID: e.Name(), Size: treeSize(p), Changed: changed(fi)})
+		size, in := treeScan(p, pooled)
+		for _, ino := range in {
+			dirsOf[ino]++
+		}
+		out = append(out, LayerDir{ID: e.Name(), Size: size, Changed: changed(fi)})
+		inos = append(inos, in)
+	}
+	for i := range out {
+		for _, ino := range inos[i] {
+			if f := pooled[ino]; dirsOf[ino] == 1 && f.nlink == 2 {
+				out[i].Pooled += f.size
+			}
+		}
+		out[i].Size += out[i].Pooled
 	}
 	return out, nil
 }
@@ -119,15 +139,21 @@ func (sn *Snapshotter) detachLayer(id string) (bool, func() error, error) {
 }
 
 // TempSize is what temporary dirs (snapshots/tmp: scratch dirs of
-// running or killed builds) and COPY --from views hold.
+// running or killed builds) and COPY --from views hold, pooled files not
+// counted (views link them).
 func (sn *Snapshotter) TempSize() int64 {
-	return treeSize(sn.tmpDir) + treeSize(filepath.Join(filepath.Dir(sn.layersDir), "views"))
+	pooled := sn.pooledInodes()
+	a, _ := treeScan(sn.tmpDir, pooled)
+	b, _ := treeScan(filepath.Join(filepath.Dir(sn.layersDir), "views"), pooled)
+	return a + b
 }
 
-// treeSize sums the sizes of the regular files under dir, counting a
-// hard-linked inode once.
-func treeSize(dir string) int64 {
+// treeScan sums the sizes of the regular files under dir, counting a
+// hard-linked inode once and a pooled one not at all, and lists the
+// pooled ones, each once.
+func treeScan(dir string, pooled map[uint64]poolFile) (int64, []uint64) {
 	var n int64
+	var in []uint64
 	seen := map[uint64]bool{}
 	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || !d.Type().IsRegular() {
@@ -142,11 +168,15 @@ func treeSize(dir string) int64 {
 				return nil
 			}
 			seen[st.Ino] = true
+			if _, ok := pooled[st.Ino]; ok {
+				in = append(in, st.Ino)
+				return nil
+			}
 		}
 		n += fi.Size()
 		return nil
 	})
-	return n
+	return n, in
 }
 
 func changed(fi fs.FileInfo) time.Time {

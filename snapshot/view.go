@@ -18,7 +18,11 @@ import (
 // root/snapshots/views/<chain id> out of hard links into the extracted
 // layers, so it costs no copy of file data, and being immutable it keeps
 // its inodes and ctimes: a stat cache over it stays valid across builds.
-// Callers must never write into it.
+// Its files are the pooled inodes of the layers (pool.go), so callers
+// must never write into it: COPY --from reads it, and BindView mounts it
+// read-only or under a throwaway writable layer. Each path of the view is
+// a distinct inode (the pool's key holds the path), so a copier reading
+// it finds no hard links the layers did not have.
 func (sn *Snapshotter) View(ctx context.Context, layers []Layer) (string, error) {
 	ids, err := sn.ensure(ctx, layers)
 	if err != nil {
