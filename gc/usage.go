@@ -175,9 +175,10 @@ func (u *Usage) perImage(g *graph) {
 			if g.isRemote(b.Digest) {
 				continue // counted where it is stored: its registry
 			}
-			iu.Size += b.Size
+			size := g.storedSize(b.Digest, b.Size)
+			iu.Size += size
 			if len(users[b.Digest]) > 1 {
-				iu.Shared += b.Size
+				iu.Shared += size
 			}
 		}
 		iu.Unique = iu.Size - iu.Shared
@@ -190,7 +191,7 @@ func (u *Usage) perImage(g *graph) {
 				continue
 			}
 			seen[l.Digest] = true
-			lu := LayerUsage{Digest: l.Digest, Size: l.Size}
+			lu := LayerUsage{Digest: l.Digest, Size: g.storedSize(l.Digest, l.Size)}
 			for id := range users[l.Digest] {
 				lu.Images = append(lu.Images, id)
 			}
@@ -226,4 +227,15 @@ func fileSizes(dir string, age time.Duration) (int64, int) {
 		return nil
 	})
 	return n, count
+}
+
+// storedSize is what blob d takes here: a parts-backed layer only its pack
+// and parts list, a pooled one its member index too (store/parts.go);
+// named, the layer blobs' kind and the per-layer lines add up. A blob not
+// found (collected meanwhile) counts as named.
+func (g *graph) storedSize(d digest.Digest, named int64) int64 {
+	if b, ok := g.blobs[d]; ok {
+		return b.Size
+	}
+	return named
 }
