@@ -40,7 +40,7 @@ check_tools() {
 	for t in hyperfine buildah skopeo docker-registry awk tar gzip du; do
 		command -v "$t" >/dev/null || missing="$missing $t"
 	done
-	[ -z "$BUILDKIT_BIN" ] || command -v runc >/dev/null || missing="$missing runc"
+	[ -z "$BUILDKIT_BIN" ] || [ -x "$BUILDKIT_BIN/runc" ] || command -v runc >/dev/null || missing="$missing runc"
 	[ -z "$missing" ] || die "missing:$missing (make deps-bench installs them on Debian)"
 	[ "$(id -u)" = 0 ] || die "run as root (buildah's overlay store, minibuild's RUN)"
 	[ -x "$MINIBUILD" ] || die "$MINIBUILD not built (make build)"
@@ -357,7 +357,7 @@ write_meta() {
 		printf 'buildah %s (overlay, --layers, --isolation chroot); minibuild %s' \
 			"$(buildah version | awk '/^Version/ { print $2 }')" "$("$MINIBUILD" version 2>/dev/null | awk 'NR == 1 { print $2 }')"
 		[ -z "$MINIBUILD_BASE" ] || printf '; base %s' "$("$MINIBUILD_BASE" version 2>/dev/null | awk 'NR == 1 { print $2 }')"
-		[ -z "$BUILDKIT_BIN" ] || printf '; %s' "$("$BUILDKIT_BIN/buildkitd" --version 2>/dev/null)"
+		[ -z "$BUILDKIT_BIN" ] || printf '; BuildKit %s (runc, overlayfs)' "$("$BUILDKIT_BIN/buildkitd" --version 2>/dev/null | awk '{ print $3 }')"
 		echo
 	} >"$work/meta.txt"
 }
