@@ -18,9 +18,9 @@ LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # Debian packages each target needs (installed when missing and running as root).
 DEMO_PKGS  := busybox-static docker-registry jq
 TEST_PKGS  := busybox-static skopeo umoci docker-registry xz-utils procps slirp4netns jq ca-certificates debootstrap buildah
-BENCH_PKGS := busybox-static hyperfine
+BENCH_PKGS := busybox-static hyperfine buildah skopeo docker-registry
 
-.PHONY: all build test unit e2e distro demo base bench lint deps-demo deps-test deps-bench clean image fuzz
+.PHONY: all build test unit e2e distro demo base bench bench-side lint deps-demo deps-test deps-bench clean image fuzz
 
 all: build
 
@@ -100,8 +100,17 @@ image:
 	SOURCE_DATE_EPOCH=$$epoch "$$ctx/minibuild" build --progress=plain \
 		--build-arg VERSION='$(VERSION)' -t "minibuild:$$tag" -t minibuild:latest "$$ctx"
 
+# bench: minibuild's own figures (bench/run.sh), then the side-by-side run
+# against Debian's buildah over five generated scenarios (bench/side.sh; its
+# header lists the knobs: SIDE_RUNS, SIDE_NOOP_RUNS, SIDE_SCENARIOS,
+# MINIBUILD_BASE for a second minibuild, BUILDKIT_BIN). Everything under .bench/.
 bench: deps-bench build
 	bench/run.sh
+	GO=$(GO) bench/side.sh
+
+# bench-side: the side-by-side run alone.
+bench-side: deps-bench build
+	GO=$(GO) bench/side.sh
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); \

@@ -4,16 +4,16 @@
 #   2. no-op rebuild over a 20,000-file context (warm re-hash) aim < 100 ms
 #   3. per-step overhead of a trivial RUN (20 × RUN true, --no-cache,
 #      minus the same build with no RUN, divided by 20)        aim < 30 ms
-# Everything lives under .bench/ (git-ignored).
+# Everything lives under .bench/own (git-ignored; bench/side.sh uses .bench/side).
 #
 # Environment: MINIBUILD (binary, default bin/minibuild), BENCH_DIR (default
-# .bench), BENCH_RUNS (hyperfine runs, default 20).
+# .bench/own), BENCH_RUNS (hyperfine runs, default 20).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 repo=$PWD
 mb=${MINIBUILD:-$repo/bin/minibuild}
-work=${BENCH_DIR:-$repo/.bench}
+work=${BENCH_DIR:-$repo/.bench/own}
 runs=${BENCH_RUNS:-20}
 root=$work/root
 
