@@ -104,14 +104,24 @@ func Auto(root string, limit int64) (f Freed, ran bool, err error) {
 	if limit <= 0 {
 		return Freed{}, false, nil
 	}
+	if underCap(root, limit) {
+		return Freed{}, false, nil // autostate.go: no walk while growth is provably small
+	}
 	s, err := Open(root)
 	if err != nil {
 		return Freed{}, false, err
 	}
 	dry, err := Collect(s, Policy{KeepStorage: limit}, true)
-	if err != nil || dry.Before <= limit {
+	if err != nil {
 		return Freed{}, false, err
 	}
+	if dry.Before <= limit {
+		remember(root, dry.Before)
+		return Freed{}, false, nil
+	}
 	f, err = Collect(s, Policy{KeepStorage: limit}, false)
+	if err == nil {
+		remember(root, f.After)
+	}
 	return f, true, err
 }
