@@ -65,5 +65,5 @@ func remember(root string, size int64) {
 		return
 	}
 	b, _ := json.Marshal(autoState{Size: size, FSUsed: used, At: time.Now()})
-	atomicfile.WriteFile(filepath.Join(root, autoStateFile), b, 0o644)
+	atomicfile.WriteUnsynced(filepath.Join(root, autoStateFile), b, 0o644)
 }

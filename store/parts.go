@@ -235,11 +235,13 @@ func (lw *LayerWriter) Abort() {
 	lw.pool.close()
 }
 
-// sweepPartsTemps removes what killed writers of parts lists and member
-// indexes left.
+// sweepPartsTemps removes what killed writers of parts lists, member
+// indexes and remote records left (atomicfile's temp files, flock-held by
+// live writers).
 func (s *Store) sweepPartsTemps() {
 	atomicfile.SweepDir(filepath.Join(s.root, "parts", "sha256"))
 	atomicfile.SweepDir(filepath.Join(s.root, "members"))
+	atomicfile.SweepDir(filepath.Join(s.root, "remote", "sha256"))
 }
 
 func (s *Store) partsPath(d digest.Digest) string {

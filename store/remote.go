@@ -8,12 +8,13 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/minibuild/minibuild/internal/atomicfile"
 )
 
 // Remote blobs are layers the store knows but does not hold: a cache hit
@@ -129,20 +130,7 @@ func (s *Store) AddRemoteBlob(rb RemoteBlob) error {
 // left empty does not parse, which is the same as lost. A fresh host
 // writes one per hit, so the syncs would cost more than the build.
 func writeUnsynced(p string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	_, werr := f.Write(b)
-	if err := errors.Join(werr, f.Chmod(0o644), f.Close()); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	if err := os.Rename(f.Name(), p); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	return nil
+	return atomicfile.WriteUnsynced(p, b, 0o644)
 }
 
 func (s *Store) readRemote(p string) (RemoteBlob, bool) {
@@ -269,12 +257,8 @@ func (s *Store) remoteBlobs() []BlobInfo {
 	}
 	var out []BlobInfo
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), ".") {
-			// A temp file of writeUnsynced that a crash left behind.
-			if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > time.Hour {
-				os.Remove(filepath.Join(dir, e.Name()))
-			}
-			continue
+		if atomicfile.IsTemp(e.Name()) {
+			continue // a write in flight, or a killed one's (swept by Open)
 		}
 		d := digest.NewDigestFromEncoded(digest.SHA256, e.Name())
 		if d.Validate() != nil || s.HasBlob(d) {

@@ -165,3 +165,28 @@ func Write(path string, r io.Reader, perm os.FileMode) error {
 	}
 	return f.Commit()
 }
+
+// WriteUnsynced replaces path with data by rename, without the fsyncs of
+// Commit: a reader still sees the old content or the new, and a killed
+// writer leaves a sweepable temp file, but a power loss may lose the new
+// content (or leave it empty). For caches and hints only, which are
+// rebuilt or re-asked when lost or unparsable.
+func WriteUnsynced(path string, data []byte, perm os.FileMode) error {
+	f, err := createTemp(path, perm)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	_, werr := f.Write(data)
+	if err := errors.Join(werr, f.Chmod(perm)); err != nil {
+		os.Remove(f.Name())
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	// Renamed before the close, so the flock is held until the name is
+	// final (a sweep never takes a live writer's file).
+	err = os.Rename(f.Name(), path)
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return errors.Join(err, f.Close())
+}

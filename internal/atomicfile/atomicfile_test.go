@@ -91,3 +91,24 @@ func TestAbortLeavesNothing(t *testing.T) {
 		t.Error("Commit after Abort succeeded")
 	}
 }
+
+func TestWriteUnsyncedReplacesWholeAndLeavesNoTemp(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "hint.json")
+	for _, data := range []string{"first", "second, longer"} {
+		if err := WriteUnsynced(p, []byte(data), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(p)
+		if err != nil || string(got) != data {
+			t.Fatalf("read %q, %v; want %q", got, err, data)
+		}
+	}
+	if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o640 {
+		t.Errorf("mode %v, want 0640", fi.Mode().Perm())
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 1 {
+		t.Errorf("left %d files, want only the destination", len(ents))
+	}
+}
