@@ -18,6 +18,7 @@ type hint struct {
 	Vars        map[string]string `json:"vars,omitempty"`
 	Parent      digest.Digest     `json:"parent,omitempty"`
 	Base        string            `json:"base,omitempty"`
+	Layer       digest.Digest     `json:"layer,omitempty"` // the diffID of the layer it made
 }
 
 // Miss is why a step missed the cache, as data and (String) in one line.
@@ -189,4 +190,16 @@ func describe(changes []Change) string {
 // oneLine keeps a reason on one line: a heredoc's text has newlines.
 func oneLine(s string) string {
 	return strings.NewReplacer("\r", `\r`, "\n", `\n`).Replace(s)
+}
+
+// PreviousLayer is the diffID of the layer the last step recorded at
+// place where, with the same instruction on the same parent, made: what
+// this step's new layer most likely differs from by a few files
+// (snapshot.NewPatchIngest). "" if there is none.
+func (x *Index) PreviousLayer(where string, in *Inputs) digest.Digest {
+	var prev hint
+	if readJSON(x.hintPath(hintKey(in.Parent, where, in.Instruction)), &prev) != nil {
+		return ""
+	}
+	return prev.Layer
 }

@@ -80,6 +80,9 @@ func (x *Index) Put(key digest.Digest, where string, in *Inputs, r *Record) erro
 	}
 	h := hint{Instruction: in.Instruction, Display: in.Why.Display, Inputs: in.Names(), Vars: in.Why.Vars,
 		Parent: in.Parent, Base: in.Why.Base}
+	if r.Layer != nil {
+		h.Layer = r.Layer.DiffID
+	}
 	for _, k := range []digest.Digest{hintKey(in.Parent, where, in.Instruction), hintKey(in.Parent, where), hintKey("", where)} {
 		if err := writeJSON(x.hintPath(k), h); err != nil {
 			return err

@@ -26,7 +26,9 @@ func (s *step) writeLayer(ctx context.Context, fill func(*layer.Writer) error) (
 	if s.feedsRootfs {
 		// Extract the layer as it is written: a later step needs it as a
 		// lower dir, and reading the blob back means decompressing it.
-		if ingest, err = opts.Snapshots.NewIngest(ctx); err != nil {
+		// The dir of the layer this step made last time, if no one uses
+		// it, becomes the new one by changing only what differs.
+		if ingest, err = opts.Snapshots.NewPatchIngest(ctx, s.prevLayer, opts.Store.Unheld); err != nil {
 			return nil, err
 		}
 		defer ingest.Abort()
@@ -47,6 +49,11 @@ func (s *step) writeLayer(ctx context.Context, fill func(*layer.Writer) error) (
 		}
 	}
 	if err := lw.Commit(desc); err != nil {
+		return nil, err
+	}
+	// Leased before its dir appears: no other build patches it away while
+	// a later step of this one reads it (snapshot.NewPatchIngest).
+	if err := s.run.b.lease.Add(desc.DiffID); err != nil {
 		return nil, err
 	}
 	if ingest != nil {

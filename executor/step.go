@@ -42,6 +42,10 @@ type step struct {
 	feedsRootfs bool
 
 	cmd instructions.Command // expanded, once prepared
+	// prevLayer is the layer this step made in the last build that ran
+	// it on the same parent: its extracted dir is patched into the new
+	// layer's (snapshot.NewPatchIngest).
+	prevLayer digest.Digest
 }
 
 // exec keys the step, reuses or executes it, and returns its key.
@@ -82,6 +86,9 @@ func (s *step) exec(ctx context.Context, parent digest.Digest) (digest.Digest, e
 		}
 	}
 	miss := s.missReason(in)
+	if !b.opts.NoCache {
+		s.prevLayer = b.opts.Cache.PreviousLayer(s.where(), in)
+	}
 	running := Event{Step: s.n, Instruction: instr, Status: StatusRunning, Key: string(key), Miss: miss}
 	if miss != nil {
 		running.Reason = miss.String()

@@ -78,7 +78,8 @@ func (sn *Snapshotter) extractLayer(ctx context.Context, l Layer, id string) err
 		return fmt.Errorf("extract layer %s: %w", l.Digest, err)
 	}
 	what := fmt.Sprintf("extract layer %s", l.Digest)
-	diffID, err := extract(ctx, rc, root, &extractor{meter: sn.reserve.NewMeter(what), pool: sn.newFilePool(root)})
+	x := &extractor{meter: sn.reserve.NewMeter(what), pool: sn.newFilePool(root), man: newManifest()}
+	diffID, err := extract(ctx, rc, root, x)
 	if errors.Is(err, diskspace.ErrLow) {
 		return err // the meter's error names the step
 	}
@@ -93,6 +94,9 @@ func (sn *Snapshotter) extractLayer(ctx context.Context, l Layer, id string) err
 			return nil // someone without our lock (an older minibuild) won
 		}
 		return fmt.Errorf("extract layer %s: %w", l.Digest, err)
+	}
+	if m := x.finalManifest(root); m != nil {
+		m.write(dst)
 	}
 	return nil
 }
@@ -189,6 +193,12 @@ type extractor struct {
 	made    map[string]bool // apply: paths this tar made (opaque markers keep them)
 	pool    *filePool       // when set, regular files are pooled (pool.go)
 	dirs    []dirTime
+	// man, when set, records what the dir holds (manifest.go), and patch
+	// makes the extraction a patch of the dir it holds already (patch.go).
+	man      *manifest
+	regs     []string // man's regular files, their pool keys known at the end
+	patch    *patchState
+	patchBuf []byte
 }
 
 func extractTar(ctx context.Context, tr *tar.Reader, root string) error {
@@ -212,11 +222,30 @@ func (x *extractor) run(ctx context.Context, tr *tar.Reader, root string) error 
 				return fmt.Errorf("extract %s: %w", hdr.Name, err)
 			}
 		}
+		var body io.Reader = tr
+		if x.patch != nil {
+			skip, b, err := x.patchEntry(root, hdr, tr)
+			if err != nil {
+				return fmt.Errorf("extract %s: %w", hdr.Name, err)
+			}
+			if skip {
+				continue
+			}
+			body = b
+		}
 		if err := x.meter.Entry(entrySize(hdr)); err != nil {
 			return err
 		}
-		if err := x.entry(root, hdr, tr); err != nil {
+		if err := x.entry(root, hdr, body); err != nil {
 			return fmt.Errorf("extract %s: %w", hdr.Name, err)
+		}
+		if x.patch == nil {
+			x.note(hdr)
+		}
+	}
+	if x.patch != nil {
+		if err := x.finishPatch(root); err != nil {
+			return err
 		}
 	}
 	return x.setDirTimes()

@@ -31,6 +31,7 @@ type Ingest struct {
 	pw   *io.PipeWriter
 	root string
 	done chan error
+	man  *manifest // what root holds, once done; nil if it cannot be patched
 
 	mu       sync.Mutex
 	writeErr error // the first failed write: extraction stopped early
@@ -47,23 +48,30 @@ func (sn *Snapshotter) NewIngest(ctx context.Context) (*Ingest, error) {
 	if err != nil {
 		return nil, err
 	}
-	root := filepath.Join(tmp, "l")
-	if err := os.Mkdir(root, 0o755); err != nil {
+	if err := os.Mkdir(filepath.Join(tmp, "l"), 0o755); err != nil {
 		release()
 		return nil, fmt.Errorf("ingest layer: %w", err)
 	}
+	return sn.startIngest(ctx, tmp, release, nil), nil
+}
+
+// startIngest extracts into tmp/l, which exists: empty, or the dir the
+// patch state describes (patch.go).
+func (sn *Snapshotter) startIngest(ctx context.Context, tmp string, release func() error, patch *patchState) *Ingest {
+	root := filepath.Join(tmp, "l")
 	pr, pw := io.Pipe()
 	in := &Ingest{sn: sn, pw: pw, root: root, release: release, done: make(chan error, 1)}
 	go func() {
-		x := &extractor{meter: sn.reserve.NewMeter("extract the new layer"), pool: sn.newFilePool(root)}
+		x := &extractor{meter: sn.reserve.NewMeter("extract the new layer"), pool: sn.newFilePool(root), man: newManifest(), patch: patch}
 		err := x.run(ctx, tar.NewReader(pr), root)
 		if err == nil {
 			_, err = io.Copy(io.Discard, pr) // the tar's trailing padding
 		}
 		pr.CloseWithError(err) // unblock the writer if extraction stopped early
+		in.man = x.finalManifest(root)
 		in.done <- err
 	}()
-	return in, nil
+	return in
 }
 
 // Write feeds the uncompressed tar stream. It fails only when the disk is
@@ -108,7 +116,9 @@ func (in *Ingest) cleanup() { in.releaseOnce.Do(func() { in.release() }) }
 // layer with this diffID, unless that dir exists already.
 func (in *Ingest) Commit(ctx context.Context, diffID digest.Digest) error {
 	defer in.cleanup()
-	if err := in.wait(nil); err != nil {
+	if err := in.wait(nil); errors.Is(err, errNoPatch) {
+		return nil // the layer is extracted from its blob when first needed
+	} else if err != nil {
 		return fmt.Errorf("ingest layer %s: %w", diffID, err)
 	}
 	id, err := layerID(Layer{DiffID: diffID})
@@ -129,6 +139,9 @@ func (in *Ingest) Commit(ctx context.Context, diffID digest.Digest) error {
 			return nil
 		}
 		return fmt.Errorf("ingest layer %s: %w", diffID, err)
+	}
+	if in.man != nil {
+		in.man.write(dst) // a cache: without it the dir is only never patched
 	}
 	return nil
 }

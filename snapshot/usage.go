@@ -127,6 +127,7 @@ func (sn *Snapshotter) detachLayer(id string) (bool, func() error, error) {
 	if err != nil {
 		return false, nil, err
 	}
+	removeManifest(dst) // first: a manifest never describes a dir that is not its own
 	err = os.Rename(dst, filepath.Join(tmp, "l"))
 	os.Remove(dst + ".lock")
 	if errors.Is(err, fs.ErrNotExist) {

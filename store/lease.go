@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -259,4 +260,26 @@ func readLease(p, id string) (LeaseInfo, bool, error) {
 		}
 	}
 	return li, true, nil
+}
+
+// Unheld runs take under the store lock if no live lease holds the layer
+// diffID: what take moves out of use then is in use by no process (every
+// build leases the layers it uses or makes before it reads their dirs),
+// and a lease taken afterwards finds it gone. It reports whether take ran.
+func (s *Store) Unheld(diffID digest.Digest, take func() error) (bool, error) {
+	unlock, err := s.lock()
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	leases, err := s.liveLeases()
+	if err != nil {
+		return false, err
+	}
+	for _, li := range leases {
+		if slices.Contains(li.Digests, diffID) {
+			return false, nil
+		}
+	}
+	return true, take()
 }
