@@ -199,3 +199,14 @@ func (x *extractor) finalManifest(root string) *manifest {
 	}
 	return x.man
 }
+
+// parents lists every dir above an entry of m.
+func (m *manifest) parents() map[string]bool {
+	out := map[string]bool{}
+	for _, rel := range m.order {
+		for d := path.Dir(rel); d != "." && !out[d]; d = path.Dir(d) {
+			out[d] = true
+		}
+	}
+	return out
+}

@@ -148,12 +148,14 @@ func (x *extractor) patchEntry(root string, hdr *tar.Header, body io.Reader) (sk
 	}
 	wasDir, isDir := old.kind == 'd' || old.kind == 'D', kind == 'd' || kind == 'D'
 	switch {
-	case wasDir != isDir, old.kind == 'l', old.kind == 'D', kind == 'D':
+	case wasDir && !isDir, old.kind == 'l', old.kind == 'D', kind == 'D':
 		// A replaced dir or symlink moves what lies under it, and a
 		// dir's xattrs would have to be unset: extraction does not do it.
 		return false, nil, errNoPatch
 	case isDir:
-		return false, body, nil // entry sets its owner, mode and (at the end) time again
+		// entry sets a dir's owner, mode and (at the end) time again, and
+		// replaces a file by the dir (layer.Replaces).
+		return false, body, nil
 	}
 	parent, err := securejoin.SecureJoin(root, path.Dir(rel))
 	if err != nil {
@@ -169,18 +171,31 @@ func (x *extractor) patchEntry(root string, hdr *tar.Header, body io.Reader) (sk
 // queues the times of the dirs whose entries changed.
 func (x *extractor) finishPatch(root string) error {
 	p := x.patch
+	var inUse map[string]bool // dirs the new layer has entries under
 	for _, rel := range p.base.order {
 		if p.seen[rel] {
 			continue
 		}
-		if k := p.base.entries[rel].kind; k != 'f' {
-			return errNoPatch // a dir or symlink gone: what lay under it moves
+		switch p.base.entries[rel].kind {
+		case 'l':
+			return errNoPatch // a symlink gone: what lay under it moves
+		case 'd', 'D':
+			if rel == "." {
+				return errNoPatch // the root's own entry gone: it would have to be made afresh
+			}
+			if inUse == nil {
+				inUse = x.man.parents()
+			}
+			if inUse[rel] {
+				return errNoPatch // the dir stays, made implicitly: extraction would make it afresh
+			}
 		}
 		parent, err := securejoin.SecureJoin(root, path.Dir(rel))
 		if err != nil {
 			return err
 		}
-		if err := os.Remove(filepath.Join(parent, path.Base(rel))); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		// RemoveAll never follows a symlink inside what it removes.
+		if err := removeAllForce(filepath.Join(parent, path.Base(rel))); err != nil {
 			return fmt.Errorf("remove %s: %w", rel, err)
 		}
 		p.touched[path.Dir(rel)] = true

@@ -175,19 +175,27 @@ func TestPatchIngestLeavesHeldBase(t *testing.T) {
 }
 
 // Shapes a patch would get wrong are refused quietly: no dir for the new
-// layer (it is extracted from its blob when needed) and no error.
-func TestPatchIngestRefusesShapes(t *testing.T) {
+// layer (it is extracted from its blob when needed) and no error. The
+// others patch to what extraction makes.
+func TestPatchIngestShapes(t *testing.T) {
+	patches := map[string]bool{"file to dir": true, "dir removed": true, "dir emptied": true}
 	requireRoot(t)
 	ctx := context.Background()
-	base := []tEntry{dir("d/", 1), reg("d/f", "x", 1), reg("g", "y", 1)}
+	base := []tEntry{dir("./", 1), dir("d/", 1), reg("d/f", "x", 1), reg("g", "y", 1)}
 	for name, next := range map[string][]tEntry{
 		"dir removed":  {reg("g", "y", 1)},
 		"dir to file":  {reg("d", "now a file", 1), reg("g", "y", 1)},
+		"file to dir":  {dir("d/", 1), reg("d/f", "x", 1), dir("g/", 2), reg("g/h", "in g", 2)},
+		"root removed": {dir("d/", 1), reg("d/f", "x", 1)},
+		"dir emptied":  {dir("d/", 3), reg("g", "y", 1)},
 		"hard link":    {dir("d/", 1), reg("d/f", "x", 1), reg("g", "z", 1), {tar.Header{Name: "h", Typeflag: tar.TypeLink, Linkname: "g"}, ""}},
 		"whiteout":     {dir("d/", 1), reg("d/.wh.f", "", 1), reg("g", "y", 1)},
 		"name twice":   {dir("d/", 1), reg("d/f", "x", 1), reg("g", "y", 1), reg("g", "z", 1)},
 		"file to link": {dir("d/", 1), reg("d/f", "x", 1), {tar.Header{Name: "g", Typeflag: tar.TypeSymlink, Linkname: "d"}, ""}, reg("g/x", "escape?", 1)},
 	} {
+		if name != "root removed" {
+			next = append([]tEntry{dir("./", 1)}, next...)
+		}
 		t.Run(name, func(t *testing.T) {
 			sn, err := New(t.TempDir(), &snapshottest.Blobs{})
 			if err != nil {
@@ -203,7 +211,11 @@ func TestPatchIngestRefusesShapes(t *testing.T) {
 			}
 			descB, blobB := ingestLayer(t, in, next)
 			dirB := filepath.Join(sn.layersDir, mustID(t, descB))
-			if _, err := os.Lstat(dirB); err == nil {
+			_, err = os.Lstat(dirB)
+			if patched := err == nil; patched != patches[name] {
+				t.Errorf("patched: %v, want %v", patched, patches[name])
+			}
+			if err == nil {
 				// Patched after all: then it must be right.
 				want := t.TempDir()
 				if _, err := Extract(ctx, bytes.NewReader(blobB), want); err != nil {

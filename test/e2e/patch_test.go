@@ -35,6 +35,13 @@ func TestPatchedLayerIsTheContext(t *testing.T) {
 				{"edit", func() { files["d2/f117.txt"] += "edited\n" }},
 				{"add", func() { files["d3/new.txt"] = "new file\n" }},
 				{"remove", func() { delete(files, "d1/f060.txt") }},
+				{"remove a dir", func() {
+					for k := range files {
+						if strings.HasPrefix(k, "d5/") {
+							delete(files, k)
+						}
+					}
+				}},
 				{"edit again", func() { files["d2/f117.txt"] += "and again\n" }},
 			}
 			for _, ed := range edits {
