@@ -193,13 +193,16 @@ func oneLine(s string) string {
 }
 
 // PreviousLayer is the diffID of the layer the last step recorded at
-// place where, with the same instruction on the same parent, made: what
-// this step's new layer most likely differs from by a few files
-// (snapshot.NewPatchIngest). "" if there is none.
+// place where made: with the same instruction on the same parent if there
+// is one, else whatever stood there last (a step after an earlier miss
+// has a new parent). It is what this step's new layer most likely
+// differs from by a few files (snapshot.NewPatchIngest); "" if none.
 func (x *Index) PreviousLayer(where string, in *Inputs) digest.Digest {
-	var prev hint
-	if readJSON(x.hintPath(hintKey(in.Parent, where, in.Instruction)), &prev) != nil {
-		return ""
+	for _, k := range []digest.Digest{hintKey(in.Parent, where, in.Instruction), hintKey("", where)} {
+		var prev hint
+		if readJSON(x.hintPath(k), &prev) == nil && prev.Layer != "" {
+			return prev.Layer
+		}
 	}
-	return prev.Layer
+	return ""
 }

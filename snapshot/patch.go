@@ -13,6 +13,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
@@ -157,14 +158,37 @@ func (x *extractor) patchEntry(root string, hdr *tar.Header, body io.Reader) (sk
 		// replaces a file by the dir (layer.Replaces).
 		return false, body, nil
 	}
-	parent, err := securejoin.SecureJoin(root, path.Dir(rel))
-	if err != nil {
-		return false, nil, err
-	}
-	if err := os.Remove(filepath.Join(parent, base)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := x.removeFile(root, rel, old); err != nil {
 		return false, nil, err
 	}
 	return false, body, nil
+}
+
+// removeFile removes the non-dir rel the base has, and its pooled inode
+// with it when no other dir links it: the old version of an edited file
+// is garbage at once, not at the next collection.
+func (x *extractor) removeFile(root, rel string, old manifestEntry) error {
+	parent, err := securejoin.SecureJoin(root, path.Dir(rel))
+	if err != nil {
+		return err
+	}
+	target := filepath.Join(parent, path.Base(rel))
+	var pooled string
+	if fi, err := os.Lstat(target); err == nil && old.kind == 'f' && old.fp != "" && x.pool != nil {
+		if pfi, err := os.Lstat(x.pool.path(old.fp)); err == nil && os.SameFile(fi, pfi) && linkCount(fi) == 2 {
+			pooled = x.pool.path(old.fp)
+		}
+	}
+	if err := os.Remove(target); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if pooled != "" {
+		// A concurrent extraction that linked it meanwhile keeps its own
+		// name (the inode lives on); one that links after finds no name
+		// and writes the file anew.
+		os.Remove(pooled)
+	}
+	return nil
 }
 
 // finishPatch removes what the base had and the new layer has not, and
@@ -190,13 +214,19 @@ func (x *extractor) finishPatch(root string) error {
 				return errNoPatch // the dir stays, made implicitly: extraction would make it afresh
 			}
 		}
-		parent, err := securejoin.SecureJoin(root, path.Dir(rel))
-		if err != nil {
-			return err
-		}
-		// RemoveAll never follows a symlink inside what it removes.
-		if err := removeAllForce(filepath.Join(parent, path.Base(rel))); err != nil {
-			return fmt.Errorf("remove %s: %w", rel, err)
+		if e := p.base.entries[rel]; e.kind == 'f' {
+			if err := x.removeFile(root, rel, e); err != nil {
+				return fmt.Errorf("remove %s: %w", rel, err)
+			}
+		} else {
+			parent, err := securejoin.SecureJoin(root, path.Dir(rel))
+			if err != nil {
+				return err
+			}
+			// RemoveAll never follows a symlink inside what it removes.
+			if err := removeAllForce(filepath.Join(parent, path.Base(rel))); err != nil {
+				return fmt.Errorf("remove %s: %w", rel, err)
+			}
 		}
 		p.touched[path.Dir(rel)] = true
 	}
@@ -224,4 +254,11 @@ func (x *extractor) finishPatch(root string) error {
 
 func isRegular(hdr *tar.Header) bool {
 	return hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeRegA //nolint:staticcheck // old tars still use '\x00'
+}
+
+func linkCount(fi fs.FileInfo) uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return uint64(st.Nlink)
+	}
+	return 0
 }

@@ -123,6 +123,9 @@ func TestPatchIngestEqualsExtraction(t *testing.T) {
 	if got, exp := timedSignature(t, dirB), timedSignature(t, want); got != exp {
 		t.Errorf("patched layer differs from the extracted blob:\n--- patched\n%s\n--- extracted\n%s", got, exp)
 	}
+	if n := len(poolNames(t, sn)); n != 5 {
+		t.Errorf("the pool holds %d files, want B's 5: the replaced ones go at once", n)
+	}
 	// The patched dir's manifest serves the next patch: a file edited
 	// again, one removed.
 	var c []tEntry
