@@ -80,15 +80,7 @@ func writeProject(t *testing.T, dir, dockerfile string, files map[string]string)
 	for k, v := range files {
 		all[k] = v
 	}
-	for k, v := range all {
-		p := filepath.Join(dir, k)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeFiles(t, dir, all)
 }
 
 // md5sums is what `find . -type f | sort | xargs md5sum` prints in /src.
