@@ -40,6 +40,10 @@ import (
 // mounted and none can start to, and under A's extraction lock. Builds
 // lease every layer they make as well as those they use.
 
+// patchBufMax is the largest file read into memory to be compared with
+// the base's; a bigger one is always written again.
+const patchBufMax = 16 << 20
+
 // errNoPatch says the layer has a shape the patcher does not handle.
 var errNoPatch = errors.New("layer cannot be patched from the previous one")
 
@@ -123,7 +127,7 @@ func (x *extractor) patchEntry(root string, hdr *tar.Header, body io.Reader) (sk
 	fp := ""
 	if isRegular(hdr) {
 		x.regs = append(x.regs, rel) // a big file's pool key is known at the end
-		if hdr.Size <= poolBufMax {
+		if hdr.Size <= patchBufMax {
 			if int64(cap(x.patchBuf)) < hdr.Size {
 				x.patchBuf = make([]byte, hdr.Size)
 			}
