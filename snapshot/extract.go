@@ -196,6 +196,7 @@ func extractTar(ctx context.Context, tr *tar.Reader, root string) error {
 }
 
 func (x *extractor) run(ctx context.Context, tr *tar.Reader, root string) error {
+	defer x.pool.close() // its workers (parallel.go) end with the extraction
 	for n := 0; ; n++ {
 		if n%256 == 0 && ctx.Err() != nil {
 			return ctx.Err()
@@ -216,8 +217,11 @@ func (x *extractor) run(ctx context.Context, tr *tar.Reader, root string) error 
 			return err
 		}
 		if err := x.entry(root, hdr, tr); err != nil {
-			return fmt.Errorf("extract %s: %w", hdr.Name, err)
+			return entryError(hdr, err)
 		}
+	}
+	if err := x.pool.wait(); err != nil {
+		return err
 	}
 	return x.setDirTimes()
 }
@@ -295,6 +299,9 @@ func (x *extractor) entry(root string, hdr *tar.Header, body io.Reader) error {
 	}
 	base := path.Base(rel)
 	if strings.HasPrefix(base, whiteoutPrefix) {
+		if err := x.pool.wait(); err != nil { // it removes what may be queued
+			return err
+		}
 		if x.apply {
 			return x.applyWhiteout(root, parent, base)
 		}
@@ -302,8 +309,14 @@ func (x *extractor) entry(root string, hdr *tar.Header, body io.Reader) error {
 	}
 	x.mark(root, parent, base)
 	target := filepath.Join(parent, base)
+	if err := x.pool.settle(target); err != nil { // a queued file is at target
+		return err
+	}
 	isDir := hdr.Typeflag == tar.TypeDir
 	if fi, err := os.Lstat(target); err == nil && layer.Replaces(fi.IsDir(), isDir) {
+		if err := x.pool.wait(); err != nil { // files may be queued under target
+			return err
+		}
 		if err := removeAllForce(target); err != nil {
 			return err
 		}
