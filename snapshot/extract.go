@@ -206,6 +206,7 @@ func extractTar(ctx context.Context, tr *tar.Reader, root string) error {
 }
 
 func (x *extractor) run(ctx context.Context, tr *tar.Reader, root string) error {
+	defer x.pool.close() // its workers (parallel.go) end with the extraction
 	for n := 0; ; n++ {
 		if n%256 == 0 && ctx.Err() != nil {
 			return ctx.Err()
@@ -237,11 +238,14 @@ func (x *extractor) run(ctx context.Context, tr *tar.Reader, root string) error 
 			return err
 		}
 		if err := x.entry(root, hdr, body); err != nil {
-			return fmt.Errorf("extract %s: %w", hdr.Name, err)
+			return entryError(hdr, err)
 		}
 		if x.patch == nil {
 			x.note(hdr)
 		}
+	}
+	if err := x.pool.wait(); err != nil {
+		return err
 	}
 	if x.patch != nil {
 		if err := x.finishPatch(root); err != nil {
@@ -324,6 +328,9 @@ func (x *extractor) entry(root string, hdr *tar.Header, body io.Reader) error {
 	}
 	base := path.Base(rel)
 	if strings.HasPrefix(base, whiteoutPrefix) {
+		if err := x.pool.wait(); err != nil { // it removes what may be queued
+			return err
+		}
 		if x.apply {
 			return x.applyWhiteout(root, parent, base)
 		}
@@ -331,8 +338,14 @@ func (x *extractor) entry(root string, hdr *tar.Header, body io.Reader) error {
 	}
 	x.mark(root, parent, base)
 	target := filepath.Join(parent, base)
+	if err := x.pool.settle(target); err != nil { // a queued file is at target
+		return err
+	}
 	isDir := hdr.Typeflag == tar.TypeDir
 	if fi, err := os.Lstat(target); err == nil && layer.Replaces(fi.IsDir(), isDir) {
+		if err := x.pool.wait(); err != nil { // files may be queued under target
+			return err
+		}
 		if err := removeAllForce(target); err != nil {
 			return err
 		}

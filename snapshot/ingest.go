@@ -26,9 +26,13 @@ import (
 // (and dropping) bytes so the layer itself still gets written, and Commit
 // reports the failure; the layer is then extracted from its blob when
 // first needed.
+//
+// Write only copies into a bounded queue (ingestQueueMax), so the layer
+// writer compresses on while the extraction catches up; it waits only
+// when the queue is full.
 type Ingest struct {
 	sn   *Snapshotter
-	pw   *io.PipeWriter
+	q    *chunkQueue
 	root string
 	done chan error
 	man  *manifest // what root holds, once done; nil if it cannot be patched
@@ -59,15 +63,15 @@ func (sn *Snapshotter) NewIngest(ctx context.Context) (*Ingest, error) {
 // patch state describes (patch.go).
 func (sn *Snapshotter) startIngest(ctx context.Context, tmp string, release func() error, patch *patchState) *Ingest {
 	root := filepath.Join(tmp, "l")
-	pr, pw := io.Pipe()
-	in := &Ingest{sn: sn, pw: pw, root: root, release: release, done: make(chan error, 1)}
+	q := newChunkQueue()
+	in := &Ingest{sn: sn, q: q, root: root, release: release, done: make(chan error, 1)}
 	go func() {
 		x := &extractor{meter: sn.reserve.NewMeter("extract the new layer"), pool: sn.newFilePool(root), man: newManifest(), patch: patch}
-		err := x.run(ctx, tar.NewReader(pr), root)
+		err := x.run(ctx, tar.NewReader(q), root)
 		if err == nil {
-			_, err = io.Copy(io.Discard, pr) // the tar's trailing padding
+			_, err = io.Copy(io.Discard, q) // the tar's trailing padding
 		}
-		pr.CloseWithError(err) // unblock the writer if extraction stopped early
+		q.closeRead(err) // unblock the writer if extraction stopped early
 		in.man = x.finalManifest(root)
 		in.done <- err
 	}()
@@ -82,7 +86,7 @@ func (in *Ingest) Write(p []byte) (int, error) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if in.writeErr == nil {
-		if _, err := in.pw.Write(p); err != nil {
+		if err := in.q.write(p); err != nil {
 			in.writeErr = err
 		}
 	}
@@ -96,7 +100,7 @@ func (in *Ingest) Write(p []byte) (int, error) {
 // the extractor, once.
 func (in *Ingest) wait(cause error) error {
 	in.waitOnce.Do(func() {
-		in.pw.CloseWithError(cause)
+		in.q.closeWrite(cause)
 		in.waitErr = <-in.done
 		if in.waitErr == nil && in.writeErr != nil {
 			in.waitErr = in.writeErr
@@ -151,4 +155,144 @@ func (in *Ingest) Commit(ctx context.Context, diffID digest.Digest) error {
 func (in *Ingest) Abort() {
 	in.wait(errors.New("ingest aborted"))
 	in.cleanup()
+}
+
+const (
+	ingestChunk    = 256 << 10 // the queue's unit
+	ingestQueueMax = 16 << 20  // bytes the writer may be ahead of the extraction
+)
+
+// chunkQueue is a pipe with a bounded buffer: write copies into chunks and
+// waits only while ingestQueueMax bytes are queued; Read returns them in
+// order. Unlike io.Pipe a writer closing with a cause (an abort) is seen
+// by the reader at once, queued bytes dropped; a nil cause ends the stream
+// after them.
+type chunkQueue struct {
+	mu     sync.Mutex
+	cond   sync.Cond // L is &mu: a chunk was queued or taken, or a side closed
+	full   [][]byte  // queued chunks, oldest first
+	cur    []byte    // the chunk being filled, not yet queued
+	queued int       // bytes in full
+	free   [][]byte  // chunks to reuse
+	wdone  bool      // the writer closed
+	cause  error     // its cause, nil for a normal end
+	rerr   error     // the reader's end: write fails with it
+
+	head []byte // the reader's chunk (reader only)
+	off  int
+}
+
+func newChunkQueue() *chunkQueue {
+	q := &chunkQueue{}
+	q.cond.L = &q.mu
+	return q
+}
+
+// write copies p into the queue; it fails once the reader has ended.
+func (q *chunkQueue) write(p []byte) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for len(p) > 0 {
+		if q.rerr != nil {
+			return q.rerr
+		}
+		if q.wdone {
+			return io.ErrClosedPipe
+		}
+		if q.cur == nil {
+			if n := len(q.free); n > 0 {
+				q.cur, q.free = q.free[n-1][:0], q.free[:n-1]
+			} else {
+				q.cur = make([]byte, 0, ingestChunk)
+			}
+		}
+		n := copy(q.cur[len(q.cur):cap(q.cur)], p)
+		q.cur, p = q.cur[:len(q.cur)+n], p[n:]
+		if len(q.cur) == cap(q.cur) {
+			q.push()
+			for q.queued >= ingestQueueMax && q.rerr == nil {
+				q.cond.Wait()
+			}
+		}
+	}
+	return nil
+}
+
+// push queues the current chunk; q.mu is held.
+func (q *chunkQueue) push() {
+	if len(q.cur) > 0 {
+		q.full = append(q.full, q.cur)
+		q.queued += len(q.cur)
+		q.cond.Broadcast()
+	}
+	q.cur = nil
+}
+
+// closeWrite ends the stream: after the queued bytes for a nil cause, at
+// once for another.
+func (q *chunkQueue) closeWrite(cause error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.wdone {
+		return
+	}
+	q.push()
+	q.wdone, q.cause = true, cause
+	q.cond.Broadcast()
+}
+
+// closeRead ends the reader's side: write fails with err from now on
+// (io.ErrClosedPipe for nil).
+func (q *chunkQueue) closeRead(err error) {
+	if err == nil {
+		err = io.ErrClosedPipe
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.rerr == nil {
+		q.rerr = err
+	}
+	q.full, q.queued, q.free = nil, 0, nil
+	q.cond.Broadcast()
+}
+
+// Read reads the queued stream.
+func (q *chunkQueue) Read(b []byte) (int, error) {
+	if q.off == len(q.head) {
+		if err := q.next(); err != nil {
+			return 0, err
+		}
+	}
+	n := copy(b, q.head[q.off:])
+	q.off += n
+	return n, nil
+}
+
+// next takes the oldest queued chunk as the reader's, giving the last one
+// back for reuse, and waits for one if none is queued.
+func (q *chunkQueue) next() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.head != nil {
+		q.free = append(q.free, q.head)
+		q.head, q.off = nil, 0
+	}
+	for {
+		switch {
+		case q.rerr != nil:
+			return q.rerr
+		case q.wdone && q.cause != nil:
+			return q.cause
+		case len(q.full) > 0:
+			q.head = q.full[0]
+			q.full[0] = nil
+			q.full = q.full[1:]
+			q.queued -= len(q.head)
+			q.cond.Broadcast()
+			return nil
+		case q.wdone:
+			return io.EOF
+		}
+		q.cond.Wait()
+	}
 }

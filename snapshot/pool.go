@@ -2,7 +2,6 @@ package snapshot
 
 import (
 	"archive/tar"
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -13,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -91,20 +91,46 @@ const poolBufMax = 1 << 20
 // poolDir is the pool under root/snapshots.
 func (sn *Snapshotter) poolDir() string { return filepath.Join(filepath.Dir(sn.layersDir), "files") }
 
-// filePool is one extraction's use of the pool.
+// filePool is one extraction's use of the pool. Small files are written
+// by its workers (parallel.go); the rest of it runs in the extractor.
 type filePool struct {
-	dir     string
-	scratch string // a free name outside the tree, for swaps
-	buf     []byte
+	dir      string
+	scratch  string // a free name outside the tree, for swaps (workers add a suffix)
+	nworkers int
+
+	mu   sync.Mutex
+	cond sync.Cond // L is &mu: a queued file was written
 	// pooled maps the host paths this extraction linked to the pool to
 	// their keys, so that a hard link to one unshares it first.
-	pooled map[string]string
+	pooled    map[string]string
+	jobs      chan poolJob    // to the workers; nil while none run
+	workers   sync.WaitGroup  // the running workers
+	inflight  int             // files queued and not yet written
+	queued    int             // their cost against poolQueueMax
+	pending   map[string]bool // their targets
+	err       error           // the first worker's error
+	free      [bufClasses][][]byte
+	freeBytes int
 }
 
 // newFilePool pools the files of an extraction into the tree root; the
 // dir above root is the extraction's own temp dir.
 func (sn *Snapshotter) newFilePool(root string) *filePool {
-	return &filePool{dir: sn.poolDir(), scratch: filepath.Join(filepath.Dir(root), "pool-swap"), pooled: map[string]string{}}
+	p := &filePool{
+		dir:      sn.poolDir(),
+		scratch:  filepath.Join(filepath.Dir(root), "pool-swap"),
+		nworkers: poolWorkers,
+		pooled:   map[string]string{},
+		pending:  map[string]bool{},
+	}
+	p.cond.L = &p.mu
+	return p
+}
+
+func (p *filePool) setPooled(target, key string) {
+	p.mu.Lock()
+	p.pooled[target] = key
+	p.mu.Unlock()
 }
 
 // poolKey is the hex key of the inode hdr describes at rel, with content
@@ -129,40 +155,31 @@ func (p *filePool) path(key string) string { return filepath.Join(p.dir, key[:2]
 
 // file extracts the regular file hdr describes at target (rel in the
 // tree), with its metadata: a link to its pooled inode, else a new file
-// that then joins the pool.
+// that then joins the pool. A small file is read here and queued for the
+// workers (parallel.go); a big one is written here, while it is hashed.
 func (p *filePool) file(target, rel string, hdr *tar.Header, body io.Reader) error {
-	h := sha256.New()
-	var key string
 	if hdr.Size <= poolBufMax {
-		if int64(cap(p.buf)) < hdr.Size {
-			p.buf = make([]byte, hdr.Size)
-		}
-		b := p.buf[:hdr.Size]
+		b := p.getBuf(int(hdr.Size))
 		if _, err := io.ReadFull(body, b); err != nil {
+			p.mu.Lock()
+			p.putBuf(b)
+			p.mu.Unlock()
 			return err
 		}
-		h.Write(b)
-		key = poolKey(rel, h.Sum(nil), hdr)
-		if os.Link(p.path(key), target) == nil {
-			p.pooled[target] = key
-			return nil // the inode's metadata came with it
-		}
-		if err := writeNew(target, bytes.NewReader(b)); err != nil {
-			return err
-		}
-	} else {
-		if err := writeNew(target, io.TeeReader(body, h)); err != nil {
-			return err
-		}
-		key = poolKey(rel, h.Sum(nil), hdr)
+		return p.submit(poolJob{target: target, rel: rel, hdr: hdr, body: b})
 	}
+	h := sha256.New()
+	if err := writeNew(target, io.TeeReader(body, h)); err != nil {
+		return err
+	}
+	key := poolKey(rel, h.Sum(nil), hdr)
 	if err := applyMeta(target, hdr); err != nil {
 		return err
 	}
 	if err := setTimes(target, hdr.ModTime); err != nil {
 		return err
 	}
-	p.publish(target, key)
+	p.publish(target, key, p.scratch)
 	return nil
 }
 
@@ -183,8 +200,8 @@ func writeNew(target string, r io.Reader) error {
 // the key is pooled already (a concurrent extraction, or a file too big
 // to key first), target becomes that inode. Where the pool refuses (too
 // many links, a filesystem without hard links) the file stays private:
-// the pool is an optimization.
-func (p *filePool) publish(target, key string) {
+// the pool is an optimization. scratch is the caller's own free name.
+func (p *filePool) publish(target, key, scratch string) {
 	pp := p.path(key)
 	err := os.Link(target, pp)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -194,28 +211,34 @@ func (p *filePool) publish(target, key string) {
 	}
 	switch {
 	case err == nil:
-		p.pooled[target] = key
+		p.setPooled(target, key)
 	case errors.Is(err, fs.ErrExist):
-		if os.Link(pp, p.scratch) != nil {
+		if os.Link(pp, scratch) != nil {
 			return
 		}
-		if os.Rename(p.scratch, target) != nil {
-			os.Remove(p.scratch)
+		if os.Rename(scratch, target) != nil {
+			os.Remove(scratch)
 			return
 		}
-		p.pooled[target] = key
+		p.setPooled(target, key)
 	}
 }
 
 // unshare gives src, about to get a second name by a tar hard link, an
 // inode of its own if it is a pooled one: a hard-link group must stay
-// apart from every other file.
+// apart from every other file. It waits for the queued files first: src
+// may be one of them.
 func (p *filePool) unshare(src string) error {
+	if err := p.wait(); err != nil {
+		return err
+	}
+	p.mu.Lock()
 	key, ok := p.pooled[src]
+	delete(p.pooled, src)
+	p.mu.Unlock()
 	if !ok {
 		return nil
 	}
-	delete(p.pooled, src)
 	fi, err := os.Lstat(src)
 	if err != nil {
 		return nil // gone (replaced by a later entry); the link fails on its own
