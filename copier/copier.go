@@ -350,6 +350,7 @@ func (p *Planned) Write(w *layer.Writer) error {
 		return err
 	}
 	defer sp.close()
+	var buf []byte // one read buffer for the small context files
 	for _, e := range p.entries {
 		name := e.path
 		if e.typ == tar.TypeDir {
@@ -368,6 +369,24 @@ func (p *Planned) Write(w *layer.Writer) error {
 		var closer io.Closer
 		switch e.kind {
 		case srcContext:
+			if e.typ == tar.TypeReg && e.size <= layer.ChunkSize {
+				// Read whole with bare fd calls; its digest, proven or
+				// hashed from these bytes, keys its member.
+				data, sum, err := p.c.ReadFile(e.file, buf)
+				if err == nil && sum != e.raw {
+					err = fmt.Errorf("%s changed since the cache key was computed", e.file.Path)
+				}
+				if err == nil {
+					err = w.AddFile(hdr, data, sum)
+				}
+				if err != nil {
+					return fmt.Errorf("copy %s: %w", e.path, err)
+				}
+				if cap(data) > cap(buf) {
+					buf = data[:0]
+				}
+				continue
+			}
 			f, err := p.c.Open(e.file)
 			if err != nil {
 				return err

@@ -11,6 +11,7 @@ package layer
 
 import (
 	"archive/tar"
+	"bytes"
 	"crypto/sha256"
 	"fmt"
 	"hash"
@@ -120,10 +121,11 @@ func ociMediaType(mt types.MediaType) string {
 type Writer struct {
 	opts    Options
 	out     io.Writer
-	sink    Sink // out as a Sink, or nil
-	blob    hash.Hash
+	sink    Sink       // out as a Sink, or nil
+	blobSum DigestSink // out when it hashes the blob itself, or nil
+	blob    hash.Hash  // nil when blobSum hashes
 	size    int64
-	diff    hash.Hash
+	diff    *differ
 	tw      *tar.Writer
 	cut     *cutter
 	pipe    *pipeline
@@ -136,8 +138,11 @@ type Writer struct {
 // by member when w is a Sink), taking members from opts.Pool when it has
 // them. The Writer compresses on every core: Close or Abort it.
 func NewWriter(w io.Writer, opts Options) *Writer {
-	lw := &Writer{opts: opts, out: w, blob: sha256.New(), diff: sha256.New()}
+	lw := &Writer{opts: opts, out: w, diff: newDiffer()}
 	lw.sink, _ = w.(Sink)
+	if lw.blobSum, _ = w.(DigestSink); lw.blobSum == nil {
+		lw.blob = sha256.New()
+	}
 	lw.cut = &cutter{emit: lw.emit}
 	lw.tw = tar.NewWriter(lw.cut)
 	lw.pipe = newPipeline(opts.Pool, lw.writeMember)
@@ -146,8 +151,8 @@ func NewWriter(w io.Writer, opts Options) *Writer {
 
 // emit sends one member's uncompressed bytes down the uncompressed side
 // (diffID, Tee), in order, and on to compression.
-func (w *Writer) emit(raw []byte) error {
-	w.diff.Write(raw)
+func (w *Writer) emit(raw []byte, sum *[sha256.Size]byte, size int64) error {
+	w.diff.add(raw)
 	if w.opts.Tee != nil && w.err == nil {
 		if _, err := w.opts.Tee.Write(raw); err != nil {
 			w.err = err
@@ -156,12 +161,14 @@ func (w *Writer) emit(raw []byte) error {
 	if w.err != nil {
 		return w.err
 	}
-	return w.pipe.submit(raw)
+	return w.pipe.submit(raw, sum, size)
 }
 
 // writeMember writes one compressed member, in order.
 func (w *Writer) writeMember(m *member) error {
-	w.blob.Write(m.out)
+	if w.blob != nil {
+		w.blob.Write(m.out)
+	}
 	w.size += int64(len(m.out))
 	if w.sink != nil {
 		return w.sink.WriteMember(m.key, m.from, m.out)
@@ -200,6 +207,21 @@ func (w *Writer) Add(hdr *tar.Header, body io.Reader) error {
 	return nil
 }
 
+// AddFile writes one regular file whose content is data and whose sha256
+// is sum. The caller vouches for sum: it must be the digest of exactly
+// data (computed while data was read, or proven to describe those bytes,
+// see buildctx.Context.ReadFile), since the member key of an entry that
+// fits one member is then taken from the header and sum instead of
+// hashing data again. The layer's bytes are those Add would write.
+func (w *Writer) AddFile(hdr *tar.Header, data []byte, sum [sha256.Size]byte) error {
+	if hdr.Typeflag != tar.TypeReg || int64(len(data)) != hdr.Size {
+		return fmt.Errorf("layer entry %s: AddFile takes a regular file of %d bytes, got %d", hdr.Name, hdr.Size, len(data))
+	}
+	w.cut.sum, w.cut.size = &sum, hdr.Size
+	defer func() { w.cut.sum = nil }()
+	return w.Add(hdr, bytes.NewReader(data))
+}
+
 // Entries reports how many entries were added.
 func (w *Writer) Entries() int { return w.entries }
 
@@ -218,12 +240,19 @@ func (w *Writer) Close() (Descriptor, error) {
 	if perr := w.pipe.close(); err == nil {
 		err = perr
 	}
+	diffID := w.diff.close()
 	if err != nil {
 		return Descriptor{}, err
 	}
+	var blob digest.Digest
+	if w.blobSum != nil {
+		blob = w.blobSum.Digest()
+	} else {
+		blob = digest.NewDigest(digest.SHA256, w.blob)
+	}
 	return Descriptor{
-		Digest:    digest.NewDigest(digest.SHA256, w.blob),
-		DiffID:    digest.NewDigest(digest.SHA256, w.diff),
+		Digest:    blob,
+		DiffID:    diffID,
 		Size:      w.size,
 		MediaType: MediaType,
 	}, nil
@@ -237,6 +266,40 @@ func (w *Writer) Abort() {
 	}
 	w.closed = true
 	w.pipe.close()
+	w.diff.close()
+}
+
+// differ hashes the uncompressed stream (the diffID) on its own
+// goroutine, in order: the raw members it is given are never changed
+// after emit.
+type differ struct {
+	in     chan []byte
+	done   chan struct{}
+	h      hash.Hash
+	closed bool
+}
+
+func newDiffer() *differ {
+	d := &differ{in: make(chan []byte, 64), done: make(chan struct{}), h: sha256.New()}
+	go func() {
+		defer close(d.done)
+		for b := range d.in {
+			d.h.Write(b)
+		}
+	}()
+	return d
+}
+
+func (d *differ) add(b []byte) { d.in <- b }
+
+// close waits for what was added and returns its digest.
+func (d *differ) close() digest.Digest {
+	if !d.closed {
+		d.closed = true
+		close(d.in)
+	}
+	<-d.done
+	return digest.NewDigest(digest.SHA256, d.h)
 }
 
 // Normalize rewrites hdr so that it depends only on content: it drops

@@ -17,7 +17,13 @@ import (
 // member in flight is bounded in memory. Changing it changes layers.
 const ChunkSize = 1 << 20
 
-// Key names a member by the uncompressed bytes it holds: their sha256.
+// Key names a member by the uncompressed bytes it holds: their sha256,
+// or, for a member that holds one whole regular file whose content digest
+// the caller vouches for (Writer.AddFile), the sha256 of keyTag, the
+// member's header blocks and that content digest: the file's content is
+// then hashed once, not once for its digest and again for its key. The
+// two never meet: a member is whole 512-byte blocks, the second form's
+// input is 16+512k+32 bytes, never a multiple of 512.
 //
 // Why sha256 and not a cheaper hash or the file digest the context already
 // has: the pool's bytes go into a blob named by its digest without being
@@ -29,6 +35,29 @@ const ChunkSize = 1 << 20
 // CPU's SHA extensions sha256 runs at over 1 GB/s, several times the
 // speed of gzip -1.
 type Key [sha256.Size]byte
+
+// keyTag starts the input of a Key taken from a content digest; changing
+// it changes every such key (not the layers).
+const keyTag = "minibuild-mkey2\n"
+
+// memberKey is the Key of the uncompressed member raw; sum, when not nil,
+// is the sha256 of its last size data bytes before the padding.
+func memberKey(raw []byte, sum *[sha256.Size]byte, size int64) Key {
+	pad := (blockSize - size%blockSize) % blockSize
+	hdr := int64(len(raw)) - size - pad
+	if sum == nil || hdr < blockSize || hdr%blockSize != 0 {
+		return sha256.Sum256(raw)
+	}
+	h := sha256.New()
+	h.Write([]byte(keyTag))
+	h.Write(raw[:hdr])
+	h.Write(sum[:])
+	var k Key
+	h.Sum(k[:0])
+	return k
+}
+
+const blockSize = 512
 
 // Loc is where a member's compressed bytes are stored: a range of a blob
 // file.
@@ -46,6 +75,13 @@ type Pool interface {
 	Member(k Key) (Loc, []byte, bool)
 }
 
+// Releaser is a Pool that lends the bytes Member returns: the Writer
+// gives them back with Release once it has written the member, and does
+// not touch them after.
+type Releaser interface {
+	Release(b []byte)
+}
+
 // Sink is a destination that wants the layer member by member (the
 // store keeps pooled members by reference): when the io.Writer given to
 // NewWriter implements it, the Writer calls WriteMember once per member,
@@ -55,9 +91,19 @@ type Sink interface {
 	WriteMember(k Key, from *Loc, compressed []byte) error
 }
 
+// DigestSink is a Sink that hashes the blob it is given (the store, which
+// verifies what it keeps): the Writer takes the layer's digest from it at
+// Close rather than hashing the same bytes a second time.
+type DigestSink interface {
+	Sink
+	Digest() digest.Digest
+}
+
 // member is one piece of the tar stream on its way to the blob.
 type member struct {
 	raw  []byte
+	sum  *[sha256.Size]byte // the content digest of a whole-file member
+	size int64              // its data bytes
 	key  Key
 	from *Loc
 	out  []byte
@@ -91,11 +137,11 @@ func newPipeline(pool Pool, write func(*member) error) *pipeline {
 }
 
 // submit queues one member; it reports the first write error so far.
-func (p *pipeline) submit(raw []byte) error {
+func (p *pipeline) submit(raw []byte, sum *[sha256.Size]byte, size int64) error {
 	if err := p.failed(); err != nil {
 		return err
 	}
-	m := &member{raw: raw, done: make(chan struct{})}
+	m := &member{raw: raw, sum: sum, size: size, done: make(chan struct{})}
 	p.order <- m
 	p.work <- m
 	return nil
@@ -120,7 +166,7 @@ func (p *pipeline) worker() {
 	defer p.workers.Done()
 	var zw *gzip.Writer
 	for m := range p.work {
-		m.key = sha256.Sum256(m.raw)
+		m.key = memberKey(m.raw, m.sum, m.size)
 		if p.pool != nil {
 			if loc, b, ok := p.pool.Member(m.key); ok {
 				m.from, m.out = &loc, b
@@ -152,6 +198,9 @@ func (p *pipeline) writer() {
 				p.mu.Unlock()
 			}
 		}
+		if r, ok := p.pool.(Releaser); ok && m.from != nil {
+			r.Release(m.out)
+		}
 		m.raw, m.out = nil, nil
 	}
 }
@@ -161,7 +210,12 @@ func (p *pipeline) writer() {
 type cutter struct {
 	buf  []byte
 	next int // the expected size of the entry being written
-	emit func([]byte) error
+	// sum, when not nil, is the content digest of the regular file being
+	// written (size bytes): its member's key is taken from it if the
+	// entry stays one member.
+	sum  *[sha256.Size]byte
+	size int64
+	emit func(raw []byte, sum *[sha256.Size]byte, size int64) error
 }
 
 func (c *cutter) Write(p []byte) (int, error) {
@@ -174,6 +228,7 @@ func (c *cutter) Write(p []byte) (int, error) {
 		c.buf = append(c.buf, p[:k]...)
 		p = p[k:]
 		if len(c.buf) == ChunkSize {
+			c.sum = nil // the entry spans members: keys of their bytes
 			if err := c.end(); err != nil {
 				return n - len(p), err
 			}
@@ -186,7 +241,7 @@ func (c *cutter) end() error {
 	if len(c.buf) == 0 {
 		return nil
 	}
-	b := c.buf
-	c.buf = nil
-	return c.emit(b)
+	b, sum := c.buf, c.sum
+	c.buf, c.sum = nil, nil
+	return c.emit(b, sum, c.size)
 }

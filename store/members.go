@@ -218,6 +218,36 @@ type poolReader struct {
 	s     *Store
 	mu    sync.Mutex
 	files map[digest.Digest]*os.File // nil: unusable
+	free  [][]byte                   // buffers Release gave back
+}
+
+// memberBuf is the least capacity of a member buffer: most members are
+// a few KB, so one buffer fits nearly any.
+const memberBuf = 64 << 10
+
+// buf lends a buffer of n bytes, a released one when it fits.
+func (p *poolReader) buf(n int64) []byte {
+	p.mu.Lock()
+	if k := len(p.free); k > 0 && int64(cap(p.free[k-1])) >= n {
+		b := p.free[k-1]
+		p.free = p.free[:k-1]
+		p.mu.Unlock()
+		return b[:n]
+	}
+	p.mu.Unlock()
+	return make([]byte, n, max(n, memberBuf))
+}
+
+// Release implements layer.Releaser: b, returned by Member, is free again.
+func (p *poolReader) Release(b []byte) {
+	if cap(b) < memberBuf || cap(b) > 2*layer.ChunkSize {
+		return
+	}
+	p.mu.Lock()
+	if len(p.free) < 64 {
+		p.free = append(p.free, b)
+	}
+	p.mu.Unlock()
 }
 
 // Member implements layer.Pool.
@@ -230,8 +260,9 @@ func (p *poolReader) Member(k layer.Key) (layer.Loc, []byte, bool) {
 	if f == nil {
 		return layer.Loc{}, nil, false
 	}
-	b := make([]byte, loc.Length)
+	b := p.buf(loc.Length)
 	if _, err := f.ReadAt(b, loc.Offset); err != nil || b[0] != 0x1f || b[1] != 0x8b || b[2] != 8 {
+		p.Release(b)
 		return layer.Loc{}, nil, false // not a gzip member there: compress it again
 	}
 	return loc, b, true
