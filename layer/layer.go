@@ -125,7 +125,7 @@ type Writer struct {
 	blobSum DigestSink // out when it hashes the blob itself, or nil
 	blob    hash.Hash  // nil when blobSum hashes
 	size    int64
-	diff    *differ
+	diff    hash.Hash // fed in order by the pipeline's writer goroutine
 	tw      *tar.Writer
 	cut     *cutter
 	pipe    *pipeline
@@ -138,21 +138,20 @@ type Writer struct {
 // by member when w is a Sink), taking members from opts.Pool when it has
 // them. The Writer compresses on every core: Close or Abort it.
 func NewWriter(w io.Writer, opts Options) *Writer {
-	lw := &Writer{opts: opts, out: w, diff: newDiffer()}
+	lw := &Writer{opts: opts, out: w, diff: sha256.New()}
 	lw.sink, _ = w.(Sink)
 	if lw.blobSum, _ = w.(DigestSink); lw.blobSum == nil {
 		lw.blob = sha256.New()
 	}
 	lw.cut = &cutter{emit: lw.emit}
 	lw.tw = tar.NewWriter(lw.cut)
-	lw.pipe = newPipeline(opts.Pool, lw.writeMember)
+	lw.pipe = newPipeline(opts.Pool, lw.diff.Write, lw.writeMember)
 	return lw
 }
 
 // emit sends one member's uncompressed bytes down the uncompressed side
-// (diffID, Tee), in order, and on to compression.
+// (Tee), in order, and on to compression (the pipeline hashes the diffID).
 func (w *Writer) emit(raw []byte, sum *[sha256.Size]byte, size int64) error {
-	w.diff.add(raw)
 	if w.opts.Tee != nil && w.err == nil {
 		if _, err := w.opts.Tee.Write(raw); err != nil {
 			w.err = err
@@ -240,7 +239,6 @@ func (w *Writer) Close() (Descriptor, error) {
 	if perr := w.pipe.close(); err == nil {
 		err = perr
 	}
-	diffID := w.diff.close()
 	if err != nil {
 		return Descriptor{}, err
 	}
@@ -252,7 +250,7 @@ func (w *Writer) Close() (Descriptor, error) {
 	}
 	return Descriptor{
 		Digest:    blob,
-		DiffID:    diffID,
+		DiffID:    digest.NewDigest(digest.SHA256, w.diff),
 		Size:      w.size,
 		MediaType: MediaType,
 	}, nil
@@ -266,40 +264,6 @@ func (w *Writer) Abort() {
 	}
 	w.closed = true
 	w.pipe.close()
-	w.diff.close()
-}
-
-// differ hashes the uncompressed stream (the diffID) on its own
-// goroutine, in order: the raw members it is given are never changed
-// after emit.
-type differ struct {
-	in     chan []byte
-	done   chan struct{}
-	h      hash.Hash
-	closed bool
-}
-
-func newDiffer() *differ {
-	d := &differ{in: make(chan []byte, 64), done: make(chan struct{}), h: sha256.New()}
-	go func() {
-		defer close(d.done)
-		for b := range d.in {
-			d.h.Write(b)
-		}
-	}()
-	return d
-}
-
-func (d *differ) add(b []byte) { d.in <- b }
-
-// close waits for what was added and returns its digest.
-func (d *differ) close() digest.Digest {
-	if !d.closed {
-		d.closed = true
-		close(d.in)
-	}
-	<-d.done
-	return digest.NewDigest(digest.SHA256, d.h)
 }
 
 // Normalize rewrites hdr so that it depends only on content: it drops

@@ -112,8 +112,12 @@ type member struct {
 
 // pipeline compresses members on every core and writes them in order:
 // workers take members from work, one goroutine writes them as they come
-// in order; order's capacity bounds what is in flight.
+// in order; order's capacity bounds what is in flight. That goroutine
+// also hands each member's uncompressed bytes to raw, in order, while
+// the workers compress (the diffID is hashed there, off the caller's
+// goroutine).
 type pipeline struct {
+	raw     func([]byte) (int, error)
 	pool    Pool
 	work    chan *member
 	order   chan *member
@@ -124,9 +128,9 @@ type pipeline struct {
 	err     error
 }
 
-func newPipeline(pool Pool, write func(*member) error) *pipeline {
+func newPipeline(pool Pool, raw func([]byte) (int, error), write func(*member) error) *pipeline {
 	n := runtime.GOMAXPROCS(0)
-	p := &pipeline{pool: pool, work: make(chan *member, 4*n), order: make(chan *member, 4*n),
+	p := &pipeline{raw: raw, pool: pool, work: make(chan *member, 4*n), order: make(chan *member, 4*n),
 		drained: make(chan struct{}), write: write}
 	p.workers.Add(n)
 	for i := 0; i < n; i++ {
@@ -190,6 +194,7 @@ func (p *pipeline) worker() {
 func (p *pipeline) writer() {
 	defer close(p.drained)
 	for m := range p.order {
+		p.raw(m.raw) // the workers only read raw too
 		<-m.done
 		if p.failed() == nil {
 			if err := p.write(m); err != nil {

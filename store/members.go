@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
@@ -111,32 +110,38 @@ func parseIndex(b []byte, locs map[layer.Key]layer.Loc) (int, error) {
 	if sha256.Sum256(body) != [sha256.Size]byte(sum) {
 		return 0, errors.New("member index checksum mismatch")
 	}
-	r := bufio.NewReader(bytes.NewReader(body[len(indexMagic):]))
-	nb, err := binary.ReadUvarint(r)
-	if err != nil || nb > 1<<20 {
+	r := body[len(indexMagic):]
+	uvarint := func() (uint64, bool) {
+		v, n := binary.Uvarint(r)
+		if n <= 0 {
+			return 0, false
+		}
+		r = r[n:]
+		return v, true
+	}
+	nb, ok := uvarint()
+	if !ok || nb > 1<<20 || uint64(len(r)) < 64*nb {
 		return 0, errors.New("member index: bad blob count")
 	}
 	names := make([]digest.Digest, nb)
-	hex := make([]byte, 64)
 	for i := range names {
-		if _, err := io.ReadFull(r, hex); err != nil {
-			return 0, err
-		}
-		names[i] = digest.NewDigestFromEncoded(digest.SHA256, string(hex))
+		names[i] = digest.NewDigestFromEncoded(digest.SHA256, string(r[:64]))
+		r = r[64:]
 	}
-	nm, err := binary.ReadUvarint(r)
-	if err != nil {
-		return 0, err
+	nm, ok := uvarint()
+	if !ok {
+		return 0, errors.New("member index: bad member count")
 	}
 	for j := uint64(0); j < nm; j++ {
-		var k layer.Key
-		if _, err := io.ReadFull(r, k[:]); err != nil {
-			return 0, err
+		if len(r) < len(layer.Key{}) {
+			return 0, fmt.Errorf("member index: member %d cut short", j)
 		}
-		i, err1 := binary.ReadUvarint(r)
-		off, err2 := binary.ReadUvarint(r)
-		n, err3 := binary.ReadUvarint(r)
-		if err := errors.Join(err1, err2, err3); err != nil || i >= nb {
+		k := layer.Key(r[:len(layer.Key{})])
+		r = r[len(k):]
+		i, ok1 := uvarint()
+		off, ok2 := uvarint()
+		n, ok3 := uvarint()
+		if !ok1 || !ok2 || !ok3 || i >= nb {
 			return 0, fmt.Errorf("member index: bad member %d", j)
 		}
 		if _, ok := locs[k]; !ok {
