@@ -350,7 +350,9 @@ func (p *Planned) Write(w *layer.Writer) error {
 		return err
 	}
 	defer sp.close()
-	var buf []byte // one read buffer for the small context files
+	ra := p.readAhead()
+	defer ra.stop()
+	var buf []byte // the read buffer of the files ra does not read
 	for _, e := range p.entries {
 		name := e.path
 		if e.typ == tar.TypeDir {
@@ -370,20 +372,30 @@ func (p *Planned) Write(w *layer.Writer) error {
 		switch e.kind {
 		case srcContext:
 			if e.typ == tar.TypeReg && e.size <= layer.ChunkSize {
-				// Read whole with bare fd calls; its digest, proven or
+				// Read whole with bare fd calls (ahead, on another
+				// goroutine, for small files); its digest, proven or
 				// hashed from these bytes, keys its member.
-				data, sum, err := p.c.ReadFile(e.file, buf)
-				if err == nil && sum != e.raw {
+				var r read
+				if aheadable(e) {
+					r = ra.next(e)
+				} else {
+					r.data, r.sum, r.err = p.c.ReadFile(e.file, buf)
+					if cap(r.data) > cap(buf) {
+						buf = r.data[:0]
+					}
+				}
+				err := r.err
+				if err == nil && r.sum != e.raw {
 					err = fmt.Errorf("%s changed since the cache key was computed", e.file.Path)
 				}
 				if err == nil {
-					err = w.AddFile(hdr, data, sum)
+					err = w.AddFile(hdr, r.data, r.sum)
+				}
+				if aheadable(e) {
+					ra.recycle(r.data)
 				}
 				if err != nil {
 					return fmt.Errorf("copy %s: %w", e.path, err)
-				}
-				if cap(data) > cap(buf) {
-					buf = data[:0]
 				}
 				continue
 			}

@@ -127,6 +127,7 @@ type Writer struct {
 	size    int64
 	diff    hash.Hash // fed in order by the pipeline's writer goroutine
 	tw      *tar.Writer
+	blk     [blockSize]byte // a header ustarHeader formats
 	cut     *cutter
 	pipe    *pipeline
 	err     error // the first error of the uncompressed side (Tee)
@@ -179,15 +180,64 @@ func (w *Writer) writeMember(m *member) error {
 // Add writes one entry. body is read for regular files (hdr.Size bytes) and
 // ignored otherwise. The header is normalized in place before writing.
 func (w *Writer) Add(hdr *tar.Header, body io.Reader) error {
+	return w.add(hdr, body, nil)
+}
+
+// add writes one entry whose content is body, or data when body is nil.
+// A plain header (ustarHeader) is formatted here and the entry written
+// straight to the cutter; any other goes through archive/tar. Both give
+// the same bytes.
+func (w *Writer) add(hdr *tar.Header, body io.Reader, data []byte) error {
 	if w.closed {
 		return fmt.Errorf("layer entry %s: the layer writer is closed", hdr.Name)
 	}
 	Normalize(hdr, w.opts)
 	w.cut.next = int(min(hdr.Size, ChunkSize)) + 2048 // header blocks and padding
+	w.entries++
+	if !ustarHeader(hdr, &w.blk) {
+		return w.addTar(hdr, body, data)
+	}
+	if _, err := w.cut.Write(w.blk[:]); err != nil {
+		return fmt.Errorf("layer entry %s: %w", hdr.Name, err)
+	}
+	if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
+		var n int64
+		var err error
+		if body == nil {
+			var k int
+			k, err = w.cut.Write(data)
+			n = int64(k)
+		} else {
+			n, err = io.Copy(w.cut, io.LimitReader(body, hdr.Size))
+		}
+		if err != nil {
+			return fmt.Errorf("layer entry %s: %w", hdr.Name, err)
+		}
+		if n != hdr.Size {
+			return fmt.Errorf("layer entry %s: file changed while being read (%d of %d bytes)", hdr.Name, n, hdr.Size)
+		}
+		if pad := (blockSize - hdr.Size%blockSize) % blockSize; pad > 0 {
+			if _, err := w.cut.Write(zeroBlock[:pad]); err != nil {
+				return fmt.Errorf("layer entry %s: %w", hdr.Name, err)
+			}
+		}
+	}
+	if err := w.cut.end(); err != nil {
+		return fmt.Errorf("layer entry %s: %w", hdr.Name, err)
+	}
+	return nil
+}
+
+var zeroBlock [blockSize]byte
+
+// addTar writes an entry through archive/tar.
+func (w *Writer) addTar(hdr *tar.Header, body io.Reader, data []byte) error {
 	if err := w.tw.WriteHeader(hdr); err != nil {
 		return fmt.Errorf("layer entry %s: %w", hdr.Name, err)
 	}
-	w.entries++
+	if body == nil {
+		body = bytes.NewReader(data)
+	}
 	if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
 		n, err := io.Copy(w.tw, io.LimitReader(body, hdr.Size))
 		if err != nil {
@@ -218,7 +268,7 @@ func (w *Writer) AddFile(hdr *tar.Header, data []byte, sum [sha256.Size]byte) er
 	}
 	w.cut.sum, w.cut.size = &sum, hdr.Size
 	defer func() { w.cut.sum = nil }()
-	return w.Add(hdr, bytes.NewReader(data))
+	return w.add(hdr, nil, data)
 }
 
 // Entries reports how many entries were added.
