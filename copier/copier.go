@@ -7,6 +7,7 @@ package copier
 import (
 	"archive/tar"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +15,9 @@ import (
 	"net/http"
 	"os"
 	"path"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/minibuild/minibuild/buildctx"
 	"github.com/minibuild/minibuild/internal/diskspace"
@@ -435,6 +438,7 @@ func isURL(s string) bool {
 // lands, so that a cache miss can say which file changed.
 func (p *Planned) Inputs() map[string]string {
 	m := make(map[string]string, len(p.entries))
+	buf := make([]byte, 0, 128)
 	for _, e := range p.entries {
 		if e.created {
 			continue
@@ -443,7 +447,29 @@ func (p *Planned) Inputs() map[string]string {
 		if e.kind == srcContext && e.file != nil {
 			name = e.file.Path
 		}
-		m[name] = fmt.Sprintf("%c %o %d:%d %s %s", e.typ, e.mode, e.uid, e.gid, e.digest(), e.link)
+		m[name] = inputLine(buf[:0], e)
 	}
 	return m
+}
+
+// inputLine is fmt's "%c %o %d:%d %s %s" of typ, mode, uid, gid, digest
+// and link, built without fmt (Inputs makes one per file).
+func inputLine(b []byte, e *entry) string {
+	b = utf8.AppendRune(b, rune(e.typ))
+	b = append(b, ' ')
+	b = strconv.AppendInt(b, e.mode, 8)
+	b = append(b, ' ')
+	b = strconv.AppendInt(b, int64(e.uid), 10)
+	b = append(b, ':')
+	b = strconv.AppendInt(b, int64(e.gid), 10)
+	b = append(b, ' ')
+	if e.kind == srcContext {
+		b = append(b, digestPrefix...)
+		b = hex.AppendEncode(b, e.raw[:])
+	} else {
+		b = append(b, e.sum...)
+	}
+	b = append(b, ' ')
+	b = append(b, e.link...)
+	return string(b)
 }
