@@ -113,11 +113,14 @@ type member struct {
 // pipeline compresses members on every core and writes them in order:
 // workers take members from work, one goroutine writes them as they come
 // in order; order's capacity bounds what is in flight. That goroutine
-// also hands each member's uncompressed bytes to raw, in order, while
-// the workers compress (the diffID is hashed there, off the caller's
-// goroutine).
+// also passes the members' uncompressed bytes, in order and in batches,
+// to one more that writes them to raw (the diffID's hash): the two
+// hashes of a layer, blob and diffID, run side by side, off the caller's
+// goroutine.
 type pipeline struct {
 	raw     func([]byte) (int, error)
+	raws    chan [][]byte
+	rawDone chan struct{}
 	pool    Pool
 	work    chan *member
 	order   chan *member
@@ -131,7 +134,15 @@ type pipeline struct {
 func newPipeline(pool Pool, raw func([]byte) (int, error), write func(*member) error) *pipeline {
 	n := runtime.GOMAXPROCS(0)
 	p := &pipeline{raw: raw, pool: pool, work: make(chan *member, 4*n), order: make(chan *member, 4*n),
-		drained: make(chan struct{}), write: write}
+		drained: make(chan struct{}), write: write, raws: make(chan [][]byte, 4), rawDone: make(chan struct{})}
+	go func() {
+		defer close(p.rawDone)
+		for batch := range p.raws {
+			for _, b := range batch {
+				p.raw(b)
+			}
+		}
+	}()
 	p.workers.Add(n)
 	for i := 0; i < n; i++ {
 		go p.worker()
@@ -191,10 +202,28 @@ func (p *pipeline) worker() {
 	}
 }
 
+// rawBatch is about how many uncompressed bytes go to raw at a time.
+const rawBatch = 1 << 20
+
 func (p *pipeline) writer() {
 	defer close(p.drained)
+	var batch [][]byte
+	n := 0
+	defer func() {
+		if len(batch) > 0 {
+			p.raws <- batch
+		}
+		close(p.raws)
+		<-p.rawDone
+	}()
 	for m := range p.order {
-		p.raw(m.raw) // the workers only read raw too
+		// raw is never written after submit: the workers only read it too.
+		if batch = append(batch, m.raw); n+len(m.raw) >= rawBatch {
+			p.raws <- batch
+			batch, n = nil, 0
+		} else {
+			n += len(m.raw)
+		}
 		<-m.done
 		if p.failed() == nil {
 			if err := p.write(m); err != nil {
