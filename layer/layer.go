@@ -36,7 +36,8 @@ type Options struct {
 	// (SOURCE_DATE_EPOCH).
 	Epoch *time.Time
 	// Tee, when non-nil, also receives the uncompressed tar stream, in
-	// order, e.g. to extract the layer while it is written.
+	// order, e.g. to extract the layer while it is written. As io.Writer
+	// requires, its Write must not retain p: the Writer reuses the buffer.
 	Tee io.Writer
 	// Pool, when non-nil, supplies the members of entries already stored.
 	Pool Pool
@@ -144,9 +145,9 @@ func NewWriter(w io.Writer, opts Options) *Writer {
 	if lw.blobSum, _ = w.(DigestSink); lw.blobSum == nil {
 		lw.blob = sha256.New()
 	}
-	lw.cut = &cutter{emit: lw.emit}
+	lw.cut = &cutter{emit: lw.emit, bufs: &bufPool{}}
 	lw.tw = tar.NewWriter(lw.cut)
-	lw.pipe = newPipeline(opts.Pool, lw.diff.Write, lw.writeMember)
+	lw.pipe = newPipeline(opts.Pool, lw.diff.Write, lw.writeMember, lw.cut.bufs)
 	return lw
 }
 

@@ -131,7 +131,7 @@ type pipeline struct {
 	err     error
 }
 
-func newPipeline(pool Pool, raw func([]byte) (int, error), write func(*member) error) *pipeline {
+func newPipeline(pool Pool, raw func([]byte) (int, error), write func(*member) error, bufs *bufPool) *pipeline {
 	n := runtime.GOMAXPROCS(0)
 	p := &pipeline{raw: raw, pool: pool, work: make(chan *member, 4*n), order: make(chan *member, 4*n),
 		drained: make(chan struct{}), write: write, raws: make(chan [][]byte, 4), rawDone: make(chan struct{})}
@@ -140,6 +140,7 @@ func newPipeline(pool Pool, raw func([]byte) (int, error), write func(*member) e
 		for batch := range p.raws {
 			for _, b := range batch {
 				p.raw(b)
+				bufs.put(b) // hashed last, after the Tee, its worker and the writer
 			}
 		}
 	}()
@@ -217,14 +218,15 @@ func (p *pipeline) writer() {
 		<-p.rawDone
 	}()
 	for m := range p.order {
-		// raw is never written after submit: the workers only read it too.
+		<-m.done
+		// raw is never written after submit, and its worker is done with
+		// it: the diffID's goroutine hashes it and gives the buffer back.
 		if batch = append(batch, m.raw); n+len(m.raw) >= rawBatch {
 			p.raws <- batch
 			batch, n = nil, 0
 		} else {
 			n += len(m.raw)
 		}
-		<-m.done
 		if p.failed() == nil {
 			if err := p.write(m); err != nil {
 				p.mu.Lock()
@@ -250,6 +252,7 @@ type cutter struct {
 	sum  *[sha256.Size]byte
 	size int64
 	emit func(raw []byte, sum *[sha256.Size]byte, size int64) error
+	bufs *bufPool
 }
 
 func (c *cutter) Write(p []byte) (int, error) {
@@ -257,7 +260,7 @@ func (c *cutter) Write(p []byte) (int, error) {
 	for len(p) > 0 {
 		k := min(len(p), ChunkSize-len(c.buf))
 		if c.buf == nil {
-			c.buf = make([]byte, 0, min(ChunkSize, max(k, c.next)))
+			c.buf = c.bufs.get(min(ChunkSize, max(k, c.next)))
 		}
 		c.buf = append(c.buf, p[:k]...)
 		p = p[k:]
@@ -278,4 +281,58 @@ func (c *cutter) end() error {
 	b, sum := c.buf, c.sum
 	c.buf, c.sum = nil, nil
 	return c.emit(b, sum, c.size)
+}
+
+// bufPool recycles the buffers of uncompressed members: a layer writes
+// its whole uncompressed size through them, and most entries are about
+// the same size. Buffers come in power-of-two capacities from 4 KiB to
+// ChunkSize; at most bufPoolMax bytes wait to be reused.
+type bufPool struct {
+	mu    sync.Mutex
+	free  [bufClasses][][]byte
+	bytes int
+}
+
+const (
+	bufMinShift = 12
+	bufClasses  = 20 - bufMinShift + 1 // 4 KiB … 1 MiB (ChunkSize)
+	bufPoolMax  = 16 << 20
+)
+
+// class is the smallest class holding n bytes.
+func bufClass(n int) int {
+	c := 0
+	for 1<<(bufMinShift+c) < n {
+		c++
+	}
+	return c
+}
+
+// get returns an empty buffer with room for n bytes (n <= ChunkSize).
+func (p *bufPool) get(n int) []byte {
+	c := bufClass(n)
+	p.mu.Lock()
+	if k := len(p.free[c]); k > 0 {
+		b := p.free[c][k-1]
+		p.free[c] = p.free[c][:k-1]
+		p.bytes -= cap(b)
+		p.mu.Unlock()
+		return b[:0]
+	}
+	p.mu.Unlock()
+	return make([]byte, 0, 1<<(bufMinShift+c))
+}
+
+// put gives back a buffer get returned, once nothing reads it.
+func (p *bufPool) put(b []byte) {
+	c := bufClass(cap(b))
+	if cap(b) != 1<<(bufMinShift+c) {
+		return // not one of ours
+	}
+	p.mu.Lock()
+	if p.bytes+cap(b) <= bufPoolMax {
+		p.free[c] = append(p.free[c], b)
+		p.bytes += cap(b)
+	}
+	p.mu.Unlock()
 }
