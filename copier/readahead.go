@@ -1,6 +1,7 @@
 package copier
 
 import (
+	"archive/tar"
 	"crypto/sha256"
 	"fmt"
 
@@ -15,8 +16,10 @@ const (
 	aheadFiles = 32        // files read ahead at most
 )
 
+// aheadable: a small regular context file, which Write reads whole (so
+// it takes every read in the order they were made).
 func aheadable(e *entry) bool {
-	return e.kind == srcContext && e.size <= aheadMax && e.file != nil && e.file.Mode.IsRegular()
+	return e.kind == srcContext && e.typ == tar.TypeReg && e.size <= aheadMax && e.file != nil
 }
 
 // read is one file read ahead.
