@@ -4,6 +4,9 @@ import (
 	"archive/tar"
 	"bytes"
 	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
 	"strings"
 	"testing"
 
@@ -88,5 +91,32 @@ func TestMemberKeyDomains(t *testing.T) {
 	}
 	if memberKey(raw, &sum, 1024) != memberKey(raw, nil, 0) {
 		t.Error("a member without whole header blocks must fall back to its bytes")
+	}
+}
+
+// failTee fails its Write after n bytes.
+type failTee struct{ n int }
+
+func (f *failTee) Write(p []byte) (int, error) {
+	if f.n -= len(p); f.n < 0 {
+		return 0, errTee
+	}
+	return len(p), nil
+}
+
+var errTee = errors.New("tee: no space")
+
+func TestTeeErrorFailsTheLayer(t *testing.T) {
+	w := NewWriter(io.Discard, Options{Tee: &failTee{n: 4096}})
+	var err error
+	for i := 0; i < 1000 && err == nil; i++ {
+		body := strings.Repeat("x", 3000)
+		err = w.Add(&tar.Header{Name: fmt.Sprint(i), Typeflag: tar.TypeReg, Size: int64(len(body))}, strings.NewReader(body))
+	}
+	if _, cerr := w.Close(); err == nil {
+		err = cerr
+	}
+	if !errors.Is(err, errTee) {
+		t.Fatalf("a failing Tee: %v", err)
 	}
 }

@@ -36,8 +36,11 @@ type Options struct {
 	// (SOURCE_DATE_EPOCH).
 	Epoch *time.Time
 	// Tee, when non-nil, also receives the uncompressed tar stream, in
-	// order, e.g. to extract the layer while it is written. As io.Writer
-	// requires, its Write must not retain p: the Writer reuses the buffer.
+	// order, e.g. to extract the layer while it is written. It is written
+	// on a goroutine of its own, so that the caller of Add does not wait
+	// for it; Close returns after its last Write, and a Write error fails
+	// the next Add or Close. As io.Writer requires, Write must not retain
+	// p: the Writer reuses the buffer.
 	Tee io.Writer
 	// Pool, when non-nil, supplies the members of entries already stored.
 	Pool Pool
@@ -131,7 +134,6 @@ type Writer struct {
 	blk     [blockSize]byte // a header ustarHeader formats
 	cut     *cutter
 	pipe    *pipeline
-	err     error // the first error of the uncompressed side (Tee)
 	entries int
 	closed  bool
 }
@@ -147,20 +149,16 @@ func NewWriter(w io.Writer, opts Options) *Writer {
 	}
 	lw.cut = &cutter{emit: lw.emit, bufs: &bufPool{}}
 	lw.tw = tar.NewWriter(lw.cut)
-	lw.pipe = newPipeline(opts.Pool, lw.diff.Write, lw.writeMember, lw.cut.bufs)
+	lw.pipe = newPipeline(opts.Pool, lw.diff.Write, opts.Tee, lw.writeMember, lw.cut.bufs)
 	return lw
 }
 
-// emit sends one member's uncompressed bytes down the uncompressed side
-// (Tee), in order, and on to compression (the pipeline hashes the diffID).
+// emit sends one member's uncompressed bytes on to compression; the
+// pipeline hashes the diffID and feeds the Tee, in order, on its own
+// goroutine. A Tee error stops the layer at the next entry.
 func (w *Writer) emit(raw []byte, sum *[sha256.Size]byte, size int64) error {
-	if w.opts.Tee != nil && w.err == nil {
-		if _, err := w.opts.Tee.Write(raw); err != nil {
-			w.err = err
-		}
-	}
-	if w.err != nil {
-		return w.err
+	if err := w.pipe.teeFailed(); err != nil {
+		return err
 	}
 	return w.pipe.submit(raw, sum, size)
 }

@@ -3,6 +3,7 @@ package layer
 import (
 	"bytes"
 	"crypto/sha256"
+	"io"
 	"runtime"
 	"sync"
 
@@ -119,6 +120,9 @@ type member struct {
 // goroutine.
 type pipeline struct {
 	raw     func([]byte) (int, error)
+	tee     io.Writer
+	teeMu   sync.Mutex
+	teeErr  error
 	raws    chan [][]byte
 	rawDone chan struct{}
 	pool    Pool
@@ -131,16 +135,23 @@ type pipeline struct {
 	err     error
 }
 
-func newPipeline(pool Pool, raw func([]byte) (int, error), write func(*member) error, bufs *bufPool) *pipeline {
+func newPipeline(pool Pool, raw func([]byte) (int, error), tee io.Writer, write func(*member) error, bufs *bufPool) *pipeline {
 	n := runtime.GOMAXPROCS(0)
-	p := &pipeline{raw: raw, pool: pool, work: make(chan *member, 4*n), order: make(chan *member, 4*n),
+	p := &pipeline{raw: raw, tee: tee, pool: pool, work: make(chan *member, 4*n), order: make(chan *member, 4*n),
 		drained: make(chan struct{}), write: write, raws: make(chan [][]byte, 4), rawDone: make(chan struct{})}
 	go func() {
 		defer close(p.rawDone)
 		for batch := range p.raws {
 			for _, b := range batch {
 				p.raw(b)
-				bufs.put(b) // hashed last, after the Tee, its worker and the writer
+				if p.tee != nil && p.teeFailed() == nil {
+					if _, err := p.tee.Write(b); err != nil {
+						p.teeMu.Lock()
+						p.teeErr = err
+						p.teeMu.Unlock()
+					}
+				}
+				bufs.put(b) // used last here, after its worker and the writer
 			}
 		}
 	}()
@@ -163,13 +174,23 @@ func (p *pipeline) submit(raw []byte, sum *[sha256.Size]byte, size int64) error 
 	return nil
 }
 
-// close waits for every queued member to be written.
+// close waits for every queued member to be written, and to the Tee.
 func (p *pipeline) close() error {
 	close(p.work)
 	close(p.order)
 	<-p.drained
 	p.workers.Wait()
-	return p.failed()
+	if err := p.failed(); err != nil {
+		return err
+	}
+	return p.teeFailed()
+}
+
+// teeFailed is the Tee's first Write error.
+func (p *pipeline) teeFailed() error {
+	p.teeMu.Lock()
+	defer p.teeMu.Unlock()
+	return p.teeErr
 }
 
 func (p *pipeline) failed() error {
