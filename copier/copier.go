@@ -7,6 +7,7 @@ package copier
 import (
 	"archive/tar"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +15,9 @@ import (
 	"net/http"
 	"os"
 	"path"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/minibuild/minibuild/buildctx"
 	"github.com/minibuild/minibuild/internal/diskspace"
@@ -350,6 +353,9 @@ func (p *Planned) Write(w *layer.Writer) error {
 		return err
 	}
 	defer sp.close()
+	ra := p.readAhead()
+	defer ra.stop()
+	var buf []byte // the read buffer of the files ra does not read
 	for _, e := range p.entries {
 		name := e.path
 		if e.typ == tar.TypeDir {
@@ -368,6 +374,34 @@ func (p *Planned) Write(w *layer.Writer) error {
 		var closer io.Closer
 		switch e.kind {
 		case srcContext:
+			if e.typ == tar.TypeReg && e.size <= layer.ChunkSize {
+				// Read whole with bare fd calls (ahead, on another
+				// goroutine, for small files); its digest, proven or
+				// hashed from these bytes, keys its member.
+				var r read
+				if aheadable(e) {
+					r = ra.next(e)
+				} else {
+					r.data, r.sum, r.err = p.c.ReadFile(e.file, buf)
+					if cap(r.data) > cap(buf) {
+						buf = r.data[:0]
+					}
+				}
+				err := r.err
+				if err == nil && r.sum != e.raw {
+					err = fmt.Errorf("%s changed since the cache key was computed", e.file.Path)
+				}
+				if err == nil {
+					err = w.AddFile(hdr, r.data, r.sum)
+				}
+				if aheadable(e) {
+					ra.recycle(r.data)
+				}
+				if err != nil {
+					return fmt.Errorf("copy %s: %w", e.path, err)
+				}
+				continue
+			}
 			f, err := p.c.Open(e.file)
 			if err != nil {
 				return err
@@ -404,6 +438,7 @@ func isURL(s string) bool {
 // lands, so that a cache miss can say which file changed.
 func (p *Planned) Inputs() map[string]string {
 	m := make(map[string]string, len(p.entries))
+	buf := make([]byte, 0, 128)
 	for _, e := range p.entries {
 		if e.created {
 			continue
@@ -412,7 +447,29 @@ func (p *Planned) Inputs() map[string]string {
 		if e.kind == srcContext && e.file != nil {
 			name = e.file.Path
 		}
-		m[name] = fmt.Sprintf("%c %o %d:%d %s %s", e.typ, e.mode, e.uid, e.gid, e.digest(), e.link)
+		m[name] = inputLine(buf[:0], e)
 	}
 	return m
+}
+
+// inputLine is fmt's "%c %o %d:%d %s %s" of typ, mode, uid, gid, digest
+// and link, built without fmt (Inputs makes one per file).
+func inputLine(b []byte, e *entry) string {
+	b = utf8.AppendRune(b, rune(e.typ))
+	b = append(b, ' ')
+	b = strconv.AppendInt(b, e.mode, 8)
+	b = append(b, ' ')
+	b = strconv.AppendInt(b, int64(e.uid), 10)
+	b = append(b, ':')
+	b = strconv.AppendInt(b, int64(e.gid), 10)
+	b = append(b, ' ')
+	if e.kind == srcContext {
+		b = append(b, digestPrefix...)
+		b = hex.AppendEncode(b, e.raw[:])
+	} else {
+		b = append(b, e.sum...)
+	}
+	b = append(b, ' ')
+	b = append(b, e.link...)
+	return string(b)
 }

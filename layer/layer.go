@@ -11,6 +11,7 @@ package layer
 
 import (
 	"archive/tar"
+	"bytes"
 	"crypto/sha256"
 	"fmt"
 	"hash"
@@ -35,7 +36,11 @@ type Options struct {
 	// (SOURCE_DATE_EPOCH).
 	Epoch *time.Time
 	// Tee, when non-nil, also receives the uncompressed tar stream, in
-	// order, e.g. to extract the layer while it is written.
+	// order, e.g. to extract the layer while it is written. It is written
+	// on a goroutine of its own, so that the caller of Add does not wait
+	// for it; Close returns after its last Write, and a Write error fails
+	// the next Add or Close. As io.Writer requires, Write must not retain
+	// p: the Writer reuses the buffer.
 	Tee io.Writer
 	// Pool, when non-nil, supplies the members of entries already stored.
 	Pool Pool
@@ -120,14 +125,15 @@ func ociMediaType(mt types.MediaType) string {
 type Writer struct {
 	opts    Options
 	out     io.Writer
-	sink    Sink // out as a Sink, or nil
-	blob    hash.Hash
+	sink    Sink       // out as a Sink, or nil
+	blobSum DigestSink // out when it hashes the blob itself, or nil
+	blob    hash.Hash  // nil when blobSum hashes
 	size    int64
-	diff    hash.Hash
+	diff    hash.Hash // fed in order by the pipeline's writer goroutine
 	tw      *tar.Writer
+	blk     [blockSize]byte // a header ustarHeader formats
 	cut     *cutter
 	pipe    *pipeline
-	err     error // the first error of the uncompressed side (Tee)
 	entries int
 	closed  bool
 }
@@ -136,32 +142,32 @@ type Writer struct {
 // by member when w is a Sink), taking members from opts.Pool when it has
 // them. The Writer compresses on every core: Close or Abort it.
 func NewWriter(w io.Writer, opts Options) *Writer {
-	lw := &Writer{opts: opts, out: w, blob: sha256.New(), diff: sha256.New()}
+	lw := &Writer{opts: opts, out: w, diff: sha256.New()}
 	lw.sink, _ = w.(Sink)
-	lw.cut = &cutter{emit: lw.emit}
+	if lw.blobSum, _ = w.(DigestSink); lw.blobSum == nil {
+		lw.blob = sha256.New()
+	}
+	lw.cut = &cutter{emit: lw.emit, bufs: &bufPool{}}
 	lw.tw = tar.NewWriter(lw.cut)
-	lw.pipe = newPipeline(opts.Pool, lw.writeMember)
+	lw.pipe = newPipeline(opts.Pool, lw.diff.Write, opts.Tee, lw.writeMember, lw.cut.bufs)
 	return lw
 }
 
-// emit sends one member's uncompressed bytes down the uncompressed side
-// (diffID, Tee), in order, and on to compression.
-func (w *Writer) emit(raw []byte) error {
-	w.diff.Write(raw)
-	if w.opts.Tee != nil && w.err == nil {
-		if _, err := w.opts.Tee.Write(raw); err != nil {
-			w.err = err
-		}
+// emit sends one member's uncompressed bytes on to compression; the
+// pipeline hashes the diffID and feeds the Tee, in order, on its own
+// goroutine. A Tee error stops the layer at the next entry.
+func (w *Writer) emit(raw []byte, sum *[sha256.Size]byte, size int64) error {
+	if err := w.pipe.teeFailed(); err != nil {
+		return err
 	}
-	if w.err != nil {
-		return w.err
-	}
-	return w.pipe.submit(raw)
+	return w.pipe.submit(raw, sum, size)
 }
 
 // writeMember writes one compressed member, in order.
 func (w *Writer) writeMember(m *member) error {
-	w.blob.Write(m.out)
+	if w.blob != nil {
+		w.blob.Write(m.out)
+	}
 	w.size += int64(len(m.out))
 	if w.sink != nil {
 		return w.sink.WriteMember(m.key, m.from, m.out)
@@ -173,15 +179,64 @@ func (w *Writer) writeMember(m *member) error {
 // Add writes one entry. body is read for regular files (hdr.Size bytes) and
 // ignored otherwise. The header is normalized in place before writing.
 func (w *Writer) Add(hdr *tar.Header, body io.Reader) error {
+	return w.add(hdr, body, nil)
+}
+
+// add writes one entry whose content is body, or data when body is nil.
+// A plain header (ustarHeader) is formatted here and the entry written
+// straight to the cutter; any other goes through archive/tar. Both give
+// the same bytes.
+func (w *Writer) add(hdr *tar.Header, body io.Reader, data []byte) error {
 	if w.closed {
 		return fmt.Errorf("layer entry %s: the layer writer is closed", hdr.Name)
 	}
 	Normalize(hdr, w.opts)
 	w.cut.next = int(min(hdr.Size, ChunkSize)) + 2048 // header blocks and padding
+	w.entries++
+	if !ustarHeader(hdr, &w.blk) {
+		return w.addTar(hdr, body, data)
+	}
+	if _, err := w.cut.Write(w.blk[:]); err != nil {
+		return fmt.Errorf("layer entry %s: %w", hdr.Name, err)
+	}
+	if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
+		var n int64
+		var err error
+		if body == nil {
+			var k int
+			k, err = w.cut.Write(data)
+			n = int64(k)
+		} else {
+			n, err = io.Copy(w.cut, io.LimitReader(body, hdr.Size))
+		}
+		if err != nil {
+			return fmt.Errorf("layer entry %s: %w", hdr.Name, err)
+		}
+		if n != hdr.Size {
+			return fmt.Errorf("layer entry %s: file changed while being read (%d of %d bytes)", hdr.Name, n, hdr.Size)
+		}
+		if pad := (blockSize - hdr.Size%blockSize) % blockSize; pad > 0 {
+			if _, err := w.cut.Write(zeroBlock[:pad]); err != nil {
+				return fmt.Errorf("layer entry %s: %w", hdr.Name, err)
+			}
+		}
+	}
+	if err := w.cut.end(); err != nil {
+		return fmt.Errorf("layer entry %s: %w", hdr.Name, err)
+	}
+	return nil
+}
+
+var zeroBlock [blockSize]byte
+
+// addTar writes an entry through archive/tar.
+func (w *Writer) addTar(hdr *tar.Header, body io.Reader, data []byte) error {
 	if err := w.tw.WriteHeader(hdr); err != nil {
 		return fmt.Errorf("layer entry %s: %w", hdr.Name, err)
 	}
-	w.entries++
+	if body == nil {
+		body = bytes.NewReader(data)
+	}
 	if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
 		n, err := io.Copy(w.tw, io.LimitReader(body, hdr.Size))
 		if err != nil {
@@ -198,6 +253,21 @@ func (w *Writer) Add(hdr *tar.Header, body io.Reader) error {
 		return fmt.Errorf("layer entry %s: %w", hdr.Name, err)
 	}
 	return nil
+}
+
+// AddFile writes one regular file whose content is data and whose sha256
+// is sum. The caller vouches for sum: it must be the digest of exactly
+// data (computed while data was read, or proven to describe those bytes,
+// see buildctx.Context.ReadFile), since the member key of an entry that
+// fits one member is then taken from the header and sum instead of
+// hashing data again. The layer's bytes are those Add would write.
+func (w *Writer) AddFile(hdr *tar.Header, data []byte, sum [sha256.Size]byte) error {
+	if hdr.Typeflag != tar.TypeReg || int64(len(data)) != hdr.Size {
+		return fmt.Errorf("layer entry %s: AddFile takes a regular file of %d bytes, got %d", hdr.Name, hdr.Size, len(data))
+	}
+	w.cut.sum, w.cut.size = &sum, hdr.Size
+	defer func() { w.cut.sum = nil }()
+	return w.add(hdr, nil, data)
 }
 
 // Entries reports how many entries were added.
@@ -221,8 +291,14 @@ func (w *Writer) Close() (Descriptor, error) {
 	if err != nil {
 		return Descriptor{}, err
 	}
+	var blob digest.Digest
+	if w.blobSum != nil {
+		blob = w.blobSum.Digest()
+	} else {
+		blob = digest.NewDigest(digest.SHA256, w.blob)
+	}
 	return Descriptor{
-		Digest:    digest.NewDigest(digest.SHA256, w.blob),
+		Digest:    blob,
 		DiffID:    digest.NewDigest(digest.SHA256, w.diff),
 		Size:      w.size,
 		MediaType: MediaType,

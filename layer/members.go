@@ -3,6 +3,7 @@ package layer
 import (
 	"bytes"
 	"crypto/sha256"
+	"io"
 	"runtime"
 	"sync"
 
@@ -17,7 +18,13 @@ import (
 // member in flight is bounded in memory. Changing it changes layers.
 const ChunkSize = 1 << 20
 
-// Key names a member by the uncompressed bytes it holds: their sha256.
+// Key names a member by the uncompressed bytes it holds: their sha256,
+// or, for a member that holds one whole regular file whose content digest
+// the caller vouches for (Writer.AddFile), the sha256 of keyTag, the
+// member's header blocks and that content digest: the file's content is
+// then hashed once, not once for its digest and again for its key. The
+// two never meet: a member is whole 512-byte blocks, the second form's
+// input is 16+512k+32 bytes, never a multiple of 512.
 //
 // Why sha256 and not a cheaper hash or the file digest the context already
 // has: the pool's bytes go into a blob named by its digest without being
@@ -29,6 +36,29 @@ const ChunkSize = 1 << 20
 // CPU's SHA extensions sha256 runs at over 1 GB/s, several times the
 // speed of gzip -1.
 type Key [sha256.Size]byte
+
+// keyTag starts the input of a Key taken from a content digest; changing
+// it changes every such key (not the layers).
+const keyTag = "minibuild-mkey2\n"
+
+// memberKey is the Key of the uncompressed member raw; sum, when not nil,
+// is the sha256 of its last size data bytes before the padding.
+func memberKey(raw []byte, sum *[sha256.Size]byte, size int64) Key {
+	pad := (blockSize - size%blockSize) % blockSize
+	hdr := int64(len(raw)) - size - pad
+	if sum == nil || hdr < blockSize || hdr%blockSize != 0 {
+		return sha256.Sum256(raw)
+	}
+	h := sha256.New()
+	h.Write([]byte(keyTag))
+	h.Write(raw[:hdr])
+	h.Write(sum[:])
+	var k Key
+	h.Sum(k[:0])
+	return k
+}
+
+const blockSize = 512
 
 // Loc is where a member's compressed bytes are stored: a range of a blob
 // file.
@@ -46,6 +76,13 @@ type Pool interface {
 	Member(k Key) (Loc, []byte, bool)
 }
 
+// Releaser is a Pool that lends the bytes Member returns: the Writer
+// gives them back with Release once it has written the member, and does
+// not touch them after.
+type Releaser interface {
+	Release(b []byte)
+}
+
 // Sink is a destination that wants the layer member by member (the
 // store keeps pooled members by reference): when the io.Writer given to
 // NewWriter implements it, the Writer calls WriteMember once per member,
@@ -55,9 +92,19 @@ type Sink interface {
 	WriteMember(k Key, from *Loc, compressed []byte) error
 }
 
+// DigestSink is a Sink that hashes the blob it is given (the store, which
+// verifies what it keeps): the Writer takes the layer's digest from it at
+// Close rather than hashing the same bytes a second time.
+type DigestSink interface {
+	Sink
+	Digest() digest.Digest
+}
+
 // member is one piece of the tar stream on its way to the blob.
 type member struct {
 	raw  []byte
+	sum  *[sha256.Size]byte // the content digest of a whole-file member
+	size int64              // its data bytes
 	key  Key
 	from *Loc
 	out  []byte
@@ -66,8 +113,18 @@ type member struct {
 
 // pipeline compresses members on every core and writes them in order:
 // workers take members from work, one goroutine writes them as they come
-// in order; order's capacity bounds what is in flight.
+// in order; order's capacity bounds what is in flight. That goroutine
+// also passes the members' uncompressed bytes, in order and in batches,
+// to one more that writes them to raw (the diffID's hash): the two
+// hashes of a layer, blob and diffID, run side by side, off the caller's
+// goroutine.
 type pipeline struct {
+	raw     func([]byte) (int, error)
+	tee     io.Writer
+	teeMu   sync.Mutex
+	teeErr  error
+	raws    chan [][]byte
+	rawDone chan struct{}
 	pool    Pool
 	work    chan *member
 	order   chan *member
@@ -78,10 +135,26 @@ type pipeline struct {
 	err     error
 }
 
-func newPipeline(pool Pool, write func(*member) error) *pipeline {
+func newPipeline(pool Pool, raw func([]byte) (int, error), tee io.Writer, write func(*member) error, bufs *bufPool) *pipeline {
 	n := runtime.GOMAXPROCS(0)
-	p := &pipeline{pool: pool, work: make(chan *member, 4*n), order: make(chan *member, 4*n),
-		drained: make(chan struct{}), write: write}
+	p := &pipeline{raw: raw, tee: tee, pool: pool, work: make(chan *member, 4*n), order: make(chan *member, 4*n),
+		drained: make(chan struct{}), write: write, raws: make(chan [][]byte, 4), rawDone: make(chan struct{})}
+	go func() {
+		defer close(p.rawDone)
+		for batch := range p.raws {
+			for _, b := range batch {
+				p.raw(b)
+				if p.tee != nil && p.teeFailed() == nil {
+					if _, err := p.tee.Write(b); err != nil {
+						p.teeMu.Lock()
+						p.teeErr = err
+						p.teeMu.Unlock()
+					}
+				}
+				bufs.put(b) // used last here, after its worker and the writer
+			}
+		}
+	}()
 	p.workers.Add(n)
 	for i := 0; i < n; i++ {
 		go p.worker()
@@ -91,23 +164,33 @@ func newPipeline(pool Pool, write func(*member) error) *pipeline {
 }
 
 // submit queues one member; it reports the first write error so far.
-func (p *pipeline) submit(raw []byte) error {
+func (p *pipeline) submit(raw []byte, sum *[sha256.Size]byte, size int64) error {
 	if err := p.failed(); err != nil {
 		return err
 	}
-	m := &member{raw: raw, done: make(chan struct{})}
+	m := &member{raw: raw, sum: sum, size: size, done: make(chan struct{})}
 	p.order <- m
 	p.work <- m
 	return nil
 }
 
-// close waits for every queued member to be written.
+// close waits for every queued member to be written, and to the Tee.
 func (p *pipeline) close() error {
 	close(p.work)
 	close(p.order)
 	<-p.drained
 	p.workers.Wait()
-	return p.failed()
+	if err := p.failed(); err != nil {
+		return err
+	}
+	return p.teeFailed()
+}
+
+// teeFailed is the Tee's first Write error.
+func (p *pipeline) teeFailed() error {
+	p.teeMu.Lock()
+	defer p.teeMu.Unlock()
+	return p.teeErr
 }
 
 func (p *pipeline) failed() error {
@@ -120,7 +203,7 @@ func (p *pipeline) worker() {
 	defer p.workers.Done()
 	var zw *gzip.Writer
 	for m := range p.work {
-		m.key = sha256.Sum256(m.raw)
+		m.key = memberKey(m.raw, m.sum, m.size)
 		if p.pool != nil {
 			if loc, b, ok := p.pool.Member(m.key); ok {
 				m.from, m.out = &loc, b
@@ -141,16 +224,39 @@ func (p *pipeline) worker() {
 	}
 }
 
+// rawBatch is about how many uncompressed bytes go to raw at a time.
+const rawBatch = 1 << 20
+
 func (p *pipeline) writer() {
 	defer close(p.drained)
+	var batch [][]byte
+	n := 0
+	defer func() {
+		if len(batch) > 0 {
+			p.raws <- batch
+		}
+		close(p.raws)
+		<-p.rawDone
+	}()
 	for m := range p.order {
 		<-m.done
+		// raw is never written after submit, and its worker is done with
+		// it: the diffID's goroutine hashes it and gives the buffer back.
+		if batch = append(batch, m.raw); n+len(m.raw) >= rawBatch {
+			p.raws <- batch
+			batch, n = nil, 0
+		} else {
+			n += len(m.raw)
+		}
 		if p.failed() == nil {
 			if err := p.write(m); err != nil {
 				p.mu.Lock()
 				p.err = err
 				p.mu.Unlock()
 			}
+		}
+		if r, ok := p.pool.(Releaser); ok && m.from != nil {
+			r.Release(m.out)
 		}
 		m.raw, m.out = nil, nil
 	}
@@ -161,7 +267,13 @@ func (p *pipeline) writer() {
 type cutter struct {
 	buf  []byte
 	next int // the expected size of the entry being written
-	emit func([]byte) error
+	// sum, when not nil, is the content digest of the regular file being
+	// written (size bytes): its member's key is taken from it if the
+	// entry stays one member.
+	sum  *[sha256.Size]byte
+	size int64
+	emit func(raw []byte, sum *[sha256.Size]byte, size int64) error
+	bufs *bufPool
 }
 
 func (c *cutter) Write(p []byte) (int, error) {
@@ -169,11 +281,12 @@ func (c *cutter) Write(p []byte) (int, error) {
 	for len(p) > 0 {
 		k := min(len(p), ChunkSize-len(c.buf))
 		if c.buf == nil {
-			c.buf = make([]byte, 0, min(ChunkSize, max(k, c.next)))
+			c.buf = c.bufs.get(min(ChunkSize, max(k, c.next)))
 		}
 		c.buf = append(c.buf, p[:k]...)
 		p = p[k:]
 		if len(c.buf) == ChunkSize {
+			c.sum = nil // the entry spans members: keys of their bytes
 			if err := c.end(); err != nil {
 				return n - len(p), err
 			}
@@ -186,7 +299,61 @@ func (c *cutter) end() error {
 	if len(c.buf) == 0 {
 		return nil
 	}
-	b := c.buf
-	c.buf = nil
-	return c.emit(b)
+	b, sum := c.buf, c.sum
+	c.buf, c.sum = nil, nil
+	return c.emit(b, sum, c.size)
+}
+
+// bufPool recycles the buffers of uncompressed members: a layer writes
+// its whole uncompressed size through them, and most entries are about
+// the same size. Buffers come in power-of-two capacities from 4 KiB to
+// ChunkSize; at most bufPoolMax bytes wait to be reused.
+type bufPool struct {
+	mu    sync.Mutex
+	free  [bufClasses][][]byte
+	bytes int
+}
+
+const (
+	bufMinShift = 12
+	bufClasses  = 20 - bufMinShift + 1 // 4 KiB … 1 MiB (ChunkSize)
+	bufPoolMax  = 16 << 20
+)
+
+// class is the smallest class holding n bytes.
+func bufClass(n int) int {
+	c := 0
+	for 1<<(bufMinShift+c) < n {
+		c++
+	}
+	return c
+}
+
+// get returns an empty buffer with room for n bytes (n <= ChunkSize).
+func (p *bufPool) get(n int) []byte {
+	c := bufClass(n)
+	p.mu.Lock()
+	if k := len(p.free[c]); k > 0 {
+		b := p.free[c][k-1]
+		p.free[c] = p.free[c][:k-1]
+		p.bytes -= cap(b)
+		p.mu.Unlock()
+		return b[:0]
+	}
+	p.mu.Unlock()
+	return make([]byte, 0, 1<<(bufMinShift+c))
+}
+
+// put gives back a buffer get returned, once nothing reads it.
+func (p *bufPool) put(b []byte) {
+	c := bufClass(cap(b))
+	if cap(b) != 1<<(bufMinShift+c) {
+		return // not one of ours
+	}
+	p.mu.Lock()
+	if p.bytes+cap(b) <= bufPoolMax {
+		p.free[c] = append(p.free[c], b)
+		p.bytes += cap(b)
+	}
+	p.mu.Unlock()
 }

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
@@ -111,32 +110,38 @@ func parseIndex(b []byte, locs map[layer.Key]layer.Loc) (int, error) {
 	if sha256.Sum256(body) != [sha256.Size]byte(sum) {
 		return 0, errors.New("member index checksum mismatch")
 	}
-	r := bufio.NewReader(bytes.NewReader(body[len(indexMagic):]))
-	nb, err := binary.ReadUvarint(r)
-	if err != nil || nb > 1<<20 {
+	r := body[len(indexMagic):]
+	uvarint := func() (uint64, bool) {
+		v, n := binary.Uvarint(r)
+		if n <= 0 {
+			return 0, false
+		}
+		r = r[n:]
+		return v, true
+	}
+	nb, ok := uvarint()
+	if !ok || nb > 1<<20 || uint64(len(r)) < 64*nb {
 		return 0, errors.New("member index: bad blob count")
 	}
 	names := make([]digest.Digest, nb)
-	hex := make([]byte, 64)
 	for i := range names {
-		if _, err := io.ReadFull(r, hex); err != nil {
-			return 0, err
-		}
-		names[i] = digest.NewDigestFromEncoded(digest.SHA256, string(hex))
+		names[i] = digest.NewDigestFromEncoded(digest.SHA256, string(r[:64]))
+		r = r[64:]
 	}
-	nm, err := binary.ReadUvarint(r)
-	if err != nil {
-		return 0, err
+	nm, ok := uvarint()
+	if !ok {
+		return 0, errors.New("member index: bad member count")
 	}
 	for j := uint64(0); j < nm; j++ {
-		var k layer.Key
-		if _, err := io.ReadFull(r, k[:]); err != nil {
-			return 0, err
+		if len(r) < len(layer.Key{}) {
+			return 0, fmt.Errorf("member index: member %d cut short", j)
 		}
-		i, err1 := binary.ReadUvarint(r)
-		off, err2 := binary.ReadUvarint(r)
-		n, err3 := binary.ReadUvarint(r)
-		if err := errors.Join(err1, err2, err3); err != nil || i >= nb {
+		k := layer.Key(r[:len(layer.Key{})])
+		r = r[len(k):]
+		i, ok1 := uvarint()
+		off, ok2 := uvarint()
+		n, ok3 := uvarint()
+		if !ok1 || !ok2 || !ok3 || i >= nb {
 			return 0, fmt.Errorf("member index: bad member %d", j)
 		}
 		if _, ok := locs[k]; !ok {
@@ -218,6 +223,36 @@ type poolReader struct {
 	s     *Store
 	mu    sync.Mutex
 	files map[digest.Digest]*os.File // nil: unusable
+	free  [][]byte                   // buffers Release gave back
+}
+
+// memberBuf is the least capacity of a member buffer: most members are
+// a few KB, so one buffer fits nearly any.
+const memberBuf = 64 << 10
+
+// buf lends a buffer of n bytes, a released one when it fits.
+func (p *poolReader) buf(n int64) []byte {
+	p.mu.Lock()
+	if k := len(p.free); k > 0 && int64(cap(p.free[k-1])) >= n {
+		b := p.free[k-1]
+		p.free = p.free[:k-1]
+		p.mu.Unlock()
+		return b[:n]
+	}
+	p.mu.Unlock()
+	return make([]byte, n, max(n, memberBuf))
+}
+
+// Release implements layer.Releaser: b, returned by Member, is free again.
+func (p *poolReader) Release(b []byte) {
+	if cap(b) < memberBuf || cap(b) > 2*layer.ChunkSize {
+		return
+	}
+	p.mu.Lock()
+	if len(p.free) < 64 {
+		p.free = append(p.free, b)
+	}
+	p.mu.Unlock()
 }
 
 // Member implements layer.Pool.
@@ -230,8 +265,9 @@ func (p *poolReader) Member(k layer.Key) (layer.Loc, []byte, bool) {
 	if f == nil {
 		return layer.Loc{}, nil, false
 	}
-	b := make([]byte, loc.Length)
+	b := p.buf(loc.Length)
 	if _, err := f.ReadAt(b, loc.Offset); err != nil || b[0] != 0x1f || b[1] != 0x8b || b[2] != 8 {
+		p.Release(b)
 		return layer.Loc{}, nil, false // not a gzip member there: compress it again
 	}
 	return loc, b, true

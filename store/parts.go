@@ -69,6 +69,11 @@ func (s *Store) NewLayerWriter() (*LayerWriter, error) {
 	return &LayerWriter{s: s, pack: pack, pool: s.members.reader(s), h: sha256.New()}, nil
 }
 
+// Digest is the sha256 of the blob written so far (layer.DigestSink): the
+// store hashes what it keeps, and the layer's writer takes its digest
+// from here instead of hashing the same bytes again.
+func (lw *LayerWriter) Digest() digest.Digest { return digest.NewDigest(digest.SHA256, lw.h) }
+
 // Pool is where the layer's writer finds stored members.
 func (lw *LayerWriter) Pool() layer.Pool { return lw.pool }
 

@@ -179,3 +179,34 @@ func TestPoolMemberOfARemovedBlobIsCompressedAgain(t *testing.T) {
 		t.Fatal("the rewritten blob is not its digest")
 	}
 }
+
+func TestMemberIndexRoundTrip(t *testing.T) {
+	s := openStore(t)
+	blob := digest.FromString("blob")
+	var members []indexEntry
+	for i := 1; i <= 300; i++ { // key 0 is no member
+		var k layer.Key
+		k[0], k[1] = byte(i), byte(i>>8)
+		members = append(members, indexEntry{key: k, seg: Segment{Blob: blob, Offset: int64(i) << 20, Length: int64(i + 18)}})
+	}
+	d := digest.FromString("layer")
+	s.writeIndex(d, members, "")
+	b, err := os.ReadFile(s.indexPath(d))
+	if err != nil {
+		t.Fatal(err)
+	}
+	locs := map[layer.Key]layer.Loc{}
+	if n, err := parseIndex(b, locs); err != nil || n != len(members) {
+		t.Fatalf("parsed %d members: %v", n, err)
+	}
+	for _, m := range members {
+		if got := locs[m.key]; got != (layer.Loc{Blob: blob, Offset: m.seg.Offset, Length: m.seg.Length}) {
+			t.Fatalf("member %x at %+v", m.key[:2], got)
+		}
+	}
+	for _, cut := range []int{0, 10, len(indexMagic) + 5, len(b) / 2, len(b) - 1} {
+		if _, err := parseIndex(b[:cut], map[layer.Key]layer.Loc{}); err == nil {
+			t.Errorf("an index cut at %d parsed", cut)
+		}
+	}
+}
