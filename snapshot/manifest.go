@@ -10,7 +10,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"slices"
 	"strings"
 
 	"github.com/minibuild/minibuild/internal/atomicfile"
@@ -66,14 +65,7 @@ func entryKind(hdr *tar.Header) byte {
 	return 'f'
 }
 
-func hasXattrs(hdr *tar.Header) bool {
-	for k := range hdr.PAXRecords {
-		if strings.HasPrefix(k, "SCHILY.xattr.") {
-			return true
-		}
-	}
-	return false
-}
+func hasXattrs(hdr *tar.Header) bool { return len(appliedXattrs(hdr)) > 0 }
 
 // headerPrint fingerprints a non-regular entry: everything applyMeta and
 // createEntry take from its header.
@@ -81,16 +73,7 @@ func headerPrint(hdr *tar.Header) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "minibuild entry v1\x00%c\x00%o %d %d %d\x00%s\x00%d %d\x00", hdr.Typeflag, hdr.Mode&0o7777,
 		hdr.Uid, hdr.Gid, hdr.ModTime.UnixNano(), hdr.Linkname, hdr.Devmajor, hdr.Devminor)
-	var xattrs []string
-	for k := range hdr.PAXRecords {
-		if strings.HasPrefix(k, "SCHILY.xattr.") {
-			xattrs = append(xattrs, k)
-		}
-	}
-	slices.Sort(xattrs)
-	for _, k := range xattrs {
-		fmt.Fprintf(h, "%s\x00%d\x00%s", k, len(hdr.PAXRecords[k]), hdr.PAXRecords[k])
-	}
+	hashXattrs(h, hdr)
 	return hex.EncodeToString(h.Sum(nil))
 }
 

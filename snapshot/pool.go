@@ -138,17 +138,28 @@ func (p *filePool) setPooled(target, key string) {
 func poolKey(rel string, sum []byte, hdr *tar.Header) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "minibuild file pool v1\x00%s\x00%x\x00%o %d %d %d\x00", rel, sum, hdr.Mode&0o7777, hdr.Uid, hdr.Gid, hdr.ModTime.UnixNano())
+	hashXattrs(h, hdr)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// hashXattrs writes the xattrs applyMeta sets from hdr to h, in order.
+func hashXattrs(h io.Writer, hdr *tar.Header) {
+	xattrs := appliedXattrs(hdr)
+	slices.Sort(xattrs)
+	for _, k := range xattrs {
+		fmt.Fprintf(h, "%s\x00%d\x00%s", k, len(hdr.PAXRecords[k]), hdr.PAXRecords[k])
+	}
+}
+
+// appliedXattrs are hdr's PAX records of the xattrs applyMeta sets.
+func appliedXattrs(hdr *tar.Header) []string {
 	var xattrs []string
 	for k := range hdr.PAXRecords {
 		if name, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok && !strings.HasPrefix(name, "trusted.overlay.") {
 			xattrs = append(xattrs, k)
 		}
 	}
-	slices.Sort(xattrs)
-	for _, k := range xattrs {
-		fmt.Fprintf(h, "%s\x00%d\x00%s", k, len(hdr.PAXRecords[k]), hdr.PAXRecords[k])
-	}
-	return hex.EncodeToString(h.Sum(nil))
+	return xattrs
 }
 
 func (p *filePool) path(key string) string { return filepath.Join(p.dir, key[:2], key[2:]) }
