@@ -149,3 +149,37 @@ func TestIndexRoundTripAndExplain(t *testing.T) {
 		}
 	}
 }
+
+// PreviousLayer is the layer last made at a place: on the same parent
+// with the same instruction first, else on any parent.
+func TestPreviousLayer(t *testing.T) {
+	x, err := OpenIndex(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1, p2 := FromKey("sha256:1"), FromKey("sha256:2")
+	in := func(parent digest.Digest, instr string) *Inputs {
+		return &Inputs{Parent: parent, Instruction: instr, Files: digest.FromString(instr)}
+	}
+	if got := x.PreviousLayer("here", in(p1, "COPY . /")); got != "" {
+		t.Fatalf("empty index: %s", got)
+	}
+	put := func(i *Inputs, diffID digest.Digest) {
+		t.Helper()
+		if err := x.Put(i.Key(), "here", i, &Record{Layer: &layer.Descriptor{Digest: diffID, DiffID: diffID}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b := digest.FromString("a"), digest.FromString("b")
+	put(in(p1, "COPY . /"), a)
+	put(in(p2, "RUN make"), b)
+	if got := x.PreviousLayer("here", in(p1, "COPY . /")); got != a {
+		t.Errorf("same parent and instruction: %s, want %s", got, a)
+	}
+	if got := x.PreviousLayer("here", in(FromKey("sha256:3"), "COPY . /")); got != b {
+		t.Errorf("another parent: %s, want the last made there, %s", got, b)
+	}
+	if got := x.PreviousLayer("elsewhere", in(p1, "COPY . /")); got != "" {
+		t.Errorf("another place: %s", got)
+	}
+}

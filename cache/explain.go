@@ -199,7 +199,9 @@ func oneLine(s string) string {
 // differs from by a few files (snapshot.NewPatchIngest); "" if none.
 func (x *Index) PreviousLayer(where string, in *Inputs) digest.Digest {
 	for _, k := range []digest.Digest{hintKey(in.Parent, where, in.Instruction), hintKey("", where)} {
-		var prev hint
+		var prev struct {
+			Layer digest.Digest `json:"layer"` // only: a COPY's hint lists every file
+		}
 		if readJSON(x.hintPath(k), &prev) == nil && prev.Layer != "" {
 			return prev.Layer
 		}

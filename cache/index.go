@@ -83,8 +83,14 @@ func (x *Index) Put(key digest.Digest, where string, in *Inputs, r *Record) erro
 	if r.Layer != nil {
 		h.Layer = r.Layer.DiffID
 	}
+	b, err := json.Marshal(h)
+	if err != nil {
+		return err
+	}
+	// Hints only explain and guide (a lost one costs an explanation or a
+	// patch base), so they are not synced: a step writes three.
 	for _, k := range []digest.Digest{hintKey(in.Parent, where, in.Instruction), hintKey(in.Parent, where), hintKey("", where)} {
-		if err := writeJSON(x.hintPath(k), h); err != nil {
+		if err := atomicfile.WriteUnsynced(x.hintPath(k), b, 0o644); err != nil {
 			return err
 		}
 	}

@@ -40,7 +40,8 @@ type Options struct {
 	// on a goroutine of its own, so that the caller of Add does not wait
 	// for it; Close returns after its last Write, and a Write error fails
 	// the next Add or Close. As io.Writer requires, Write must not retain
-	// p: the Writer reuses the buffer.
+	// p: the Writer reuses the buffer. A Tee that is a SumHinter also
+	// gets each AddFile entry's content digest, before its bytes.
 	Tee io.Writer
 	// Pool, when non-nil, supplies the members of entries already stored.
 	Pool Pool
@@ -127,6 +128,7 @@ type Writer struct {
 	out     io.Writer
 	sink    Sink       // out as a Sink, or nil
 	blobSum DigestSink // out when it hashes the blob itself, or nil
+	hinter  SumHinter  // the Tee as a SumHinter, or nil
 	blob    hash.Hash  // nil when blobSum hashes
 	size    int64
 	diff    hash.Hash // fed in order by the pipeline's writer goroutine
@@ -144,6 +146,7 @@ type Writer struct {
 func NewWriter(w io.Writer, opts Options) *Writer {
 	lw := &Writer{opts: opts, out: w, diff: sha256.New()}
 	lw.sink, _ = w.(Sink)
+	lw.hinter, _ = opts.Tee.(SumHinter)
 	if lw.blobSum, _ = w.(DigestSink); lw.blobSum == nil {
 		lw.blob = sha256.New()
 	}
@@ -191,6 +194,9 @@ func (w *Writer) add(hdr *tar.Header, body io.Reader, data []byte) error {
 		return fmt.Errorf("layer entry %s: the layer writer is closed", hdr.Name)
 	}
 	Normalize(hdr, w.opts)
+	if w.cut.sum != nil && w.hinter != nil {
+		w.hinter.HintSum(hdr.Name, *w.cut.sum)
+	}
 	w.cut.next = int(min(hdr.Size, ChunkSize)) + 2048 // header blocks and padding
 	w.entries++
 	if !ustarHeader(hdr, &w.blk) {
@@ -268,6 +274,14 @@ func (w *Writer) AddFile(hdr *tar.Header, data []byte, sum [sha256.Size]byte) er
 	w.cut.sum, w.cut.size = &sum, hdr.Size
 	defer func() { w.cut.sum = nil }()
 	return w.add(hdr, nil, data)
+}
+
+// SumHinter is a Tee that takes the content digest of a regular file
+// before its bytes (AddFile knows it): an extraction can then tell an
+// unchanged file without hashing it again. The digest is of the bytes the
+// entry carries, proven as AddFile's caller proves it.
+type SumHinter interface {
+	HintSum(name string, sum [sha256.Size]byte)
 }
 
 // Entries reports how many entries were added.

@@ -3,6 +3,7 @@ package snapshot
 import (
 	"archive/tar"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -37,6 +38,9 @@ type Ingest struct {
 	done chan error
 	man  *manifest // what root holds, once done; nil if it cannot be patched
 
+	sumsMu sync.Mutex
+	sums   map[string][sha256.Size]byte // HintSum's digests, by entry name, until used
+
 	mu       sync.Mutex
 	writeErr error // the first failed write: extraction stopped early
 
@@ -67,6 +71,9 @@ func (sn *Snapshotter) startIngest(ctx context.Context, tmp string, release func
 	in := &Ingest{sn: sn, q: q, root: root, release: release, done: make(chan error, 1)}
 	go func() {
 		x := &extractor{meter: sn.reserve.NewMeter("extract the new layer"), pool: sn.newFilePool(root), man: newManifest(), patch: patch}
+		if patch != nil {
+			patch.hint = in.takeSum
+		}
 		err := x.run(ctx, tar.NewReader(q), root)
 		if err == nil {
 			_, err = io.Copy(io.Discard, q) // the tar's trailing padding
@@ -76,6 +83,27 @@ func (sn *Snapshotter) startIngest(ctx context.Context, tmp string, release func
 		in.done <- err
 	}()
 	return in
+}
+
+// HintSum records the content digest of the regular file name, which
+// the stream carries next (layer.SumHinter): a patch compares it with the
+// base's instead of hashing the file.
+func (in *Ingest) HintSum(name string, sum [sha256.Size]byte) {
+	in.sumsMu.Lock()
+	defer in.sumsMu.Unlock()
+	if in.sums == nil {
+		in.sums = map[string][sha256.Size]byte{}
+	}
+	in.sums[name] = sum
+}
+
+// takeSum is and forgets the digest hinted for name.
+func (in *Ingest) takeSum(name string) ([sha256.Size]byte, bool) {
+	in.sumsMu.Lock()
+	defer in.sumsMu.Unlock()
+	sum, ok := in.sums[name]
+	delete(in.sums, name)
+	return sum, ok
 }
 
 // Write feeds the uncompressed tar stream. It fails only when the disk is

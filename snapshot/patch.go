@@ -57,6 +57,9 @@ type patchState struct {
 	seen    map[string]bool
 	dirTime map[string]time.Time // explicit dirs of the new layer
 	touched map[string]bool      // dirs whose entries changed (their mtime must be set again)
+	// hint, when set, is the content digest the layer writer had for an
+	// entry (Ingest.HintSum), so an unchanged file is not hashed again.
+	hint func(name string) ([sha256.Size]byte, bool)
 }
 
 // NewPatchIngest is NewIngest, starting from the extracted dir of the
@@ -105,6 +108,14 @@ func (sn *Snapshotter) claimBase(ctx context.Context, base digest.Digest, claim 
 	return &patchState{base: m, seen: map[string]bool{}, dirTime: map[string]time.Time{}, touched: map[string]bool{}}, tmp, release, nil
 }
 
+// takeHint is the writer's digest of the file name, if it gave one.
+func (p *patchState) takeHint(name string) ([sha256.Size]byte, bool) {
+	if p.hint == nil {
+		return [sha256.Size]byte{}, false
+	}
+	return p.hint(name)
+}
+
 // patchEntry decides what to do with hdr when patching: skip (it is as
 // the base has it), or make it again from body (which may be a buffered
 // copy of the entry's content). Changed non-dirs are removed first, so
@@ -125,9 +136,13 @@ func (x *extractor) patchEntry(root string, hdr *tar.Header, body io.Reader) (sk
 		p.dirTime[rel] = hdr.ModTime
 	}
 	fp := ""
-	if isRegular(hdr) {
+	if !isRegular(hdr) {
+		fp = headerPrint(hdr)
+	} else {
 		x.regs = append(x.regs, rel) // a big file's pool key is known at the end
-		if hdr.Size <= patchBufMax {
+		if sum, ok := p.takeHint(hdr.Name); ok {
+			fp = poolKey(rel, sum[:], hdr) // the body is read only if it changed
+		} else if hdr.Size <= patchBufMax {
 			if int64(cap(x.patchBuf)) < hdr.Size {
 				x.patchBuf = make([]byte, hdr.Size)
 			}
@@ -139,8 +154,6 @@ func (x *extractor) patchEntry(root string, hdr *tar.Header, body io.Reader) (sk
 			fp = poolKey(rel, sum[:], hdr)
 			body = bytes.NewReader(b)
 		}
-	} else {
-		fp = headerPrint(hdr)
 	}
 	x.man.add(rel, manifestEntry{kind: kind, fp: fp})
 	old, had := p.base.entries[rel]

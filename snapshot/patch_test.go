@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io/fs"
 	"os"
@@ -38,9 +39,17 @@ func ingestLayer(t *testing.T, in *Ingest, entries []tEntry) (layer.Descriptor, 
 	t.Helper()
 	var blob bytes.Buffer
 	w := layer.NewWriter(&blob, layer.Options{Tee: in})
-	for _, e := range entries {
+	for i, e := range entries {
 		h := e.hdr
-		if err := w.Add(&h, strings.NewReader(e.body)); err != nil {
+		var err error
+		if h.Typeflag == tar.TypeReg && i%2 == 0 {
+			// With its digest, as the copier adds files: the patch takes
+			// it as a hint (Ingest.HintSum) instead of hashing.
+			err = w.AddFile(&h, []byte(e.body), sha256.Sum256([]byte(e.body)))
+		} else {
+			err = w.Add(&h, strings.NewReader(e.body))
+		}
+		if err != nil {
 			t.Fatal(err)
 		}
 	}
