@@ -78,6 +78,9 @@ func timedSignature(t *testing.T, root string) string {
 	return signature(t, root) + "\n" + strings.Join(lines, "\n")
 }
 
+// The tests' layers are small: patch them all, but TestPatchIngestSkipsSmallBases.
+func init() { patchMinEntries = 0 }
+
 func refuseAll(digest.Digest, func() error) (bool, error) { return false, nil }
 
 func TestPatchIngestEqualsExtraction(t *testing.T) {
@@ -238,5 +241,33 @@ func TestPatchIngestShapes(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A base of a few entries is not worth claiming: it stays, and the new
+// layer is extracted whole.
+func TestPatchIngestSkipsSmallBases(t *testing.T) {
+	requireRoot(t)
+	defer func(n int) { patchMinEntries = n }(patchMinEntries)
+	patchMinEntries = 3
+	ctx := context.Background()
+	sn, err := New(t.TempDir(), &snapshottest.Blobs{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, _ := sn.NewIngest(ctx)
+	descA, _ := ingestLayer(t, in, []tEntry{reg("f", "a", 1), reg("g", "a", 1)})
+	in, err = sn.NewPatchIngest(ctx, descA.DiffID, func(_ digest.Digest, take func() error) (bool, error) {
+		t.Error("a 2-entry base was claimed")
+		return true, take()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	descB, _ := ingestLayer(t, in, []tEntry{reg("f", "b", 1), reg("g", "a", 1)})
+	for _, d := range []layer.Descriptor{descA, descB} {
+		if _, err := os.Lstat(filepath.Join(sn.layersDir, mustID(t, d))); err != nil {
+			t.Errorf("layer %s not extracted: %v", d.DiffID, err)
+		}
 	}
 }

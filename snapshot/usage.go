@@ -63,6 +63,9 @@ func (sn *Snapshotter) LayerDirs() ([]LayerDir, error) {
 			continue
 		}
 		size, in := treeScan(p, pooled)
+		if mfi, err := os.Lstat(manifestPath(p)); err == nil {
+			size += mfi.Size() // its manifest goes with it
+		}
 		for _, ino := range in {
 			dirsOf[ino]++
 		}
