@@ -420,13 +420,18 @@ func TestSweepPool(t *testing.T) {
 	if err != nil || u.Files != 3 || u.Size != int64(len("shared")+len("only-a")+len("b")) || u.Garbage != 0 {
 		t.Errorf("pool usage %+v %v", u, err)
 	}
-	// Each layer's Size is what only it links: the shared file is in
-	// neither, so sizes plus the shared rest count each byte once.
+	// Each layer's Size is what only it links (and its manifest): the
+	// shared file is in neither, so sizes plus the shared rest count each
+	// byte once.
 	dirs, _ := sn.LayerDirs()
 	want := map[string]int64{ids[0]: int64(len("only-a")), ids[1]: int64(len("b"))}
 	for _, d := range dirs {
-		if d.Size != want[d.ID] || d.Pooled != want[d.ID] {
-			t.Errorf("layer %s: Size %d Pooled %d, want %d", d.ID, d.Size, d.Pooled, want[d.ID])
+		fi, err := os.Stat(manifestPath(filepath.Join(sn.layersDir, d.ID)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Size != want[d.ID]+fi.Size() || d.Pooled != want[d.ID] {
+			t.Errorf("layer %s: Size %d Pooled %d, want %d and %d", d.ID, d.Size, d.Pooled, want[d.ID]+fi.Size(), want[d.ID])
 		}
 	}
 	if n := sn.PoolFreed(ids[:1]); n != int64(len("only-a")) {
