@@ -26,6 +26,10 @@ import (
 // (moby/buildkit#4817). Two seconds covers coarse filesystem clocks.
 const racyMargin = 2 * time.Second
 
+// settled tells that a file with this mtime (ns) was past any write
+// still landing at the moment at (ns): the racy rule, in one place.
+func settled(mtime, at int64) bool { return mtime < at-int64(racyMargin) }
+
 // cacheMagic versions the stat cache file; a different format is ignored.
 // v2 keeps entries in tree order (ComparePaths), so that Open matches them
 // to the walk in one merge instead of through a map.
@@ -48,7 +52,7 @@ func (e *cacheEntry) matches(f *File) bool {
 
 // trusted applies the racy rule on top of matches.
 func (e *cacheEntry) trusted(f *File) bool {
-	return e.matches(f) && e.mtime < e.recorded-int64(racyMargin)
+	return e.matches(f) && settled(e.mtime, e.recorded)
 }
 
 // attachCache pairs each regular file with the stat cache's entry of the

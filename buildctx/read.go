@@ -55,7 +55,7 @@ func (c *Context) ReadFile(f *File, buf []byte) ([]byte, [sha256.Size]byte, erro
 	if err := c.same(fd, f); err != nil {
 		return nil, sum, err
 	}
-	if f.mtimeNs < start-int64(racyMargin) {
+	if settled(f.mtimeNs, start) {
 		return data, known, nil
 	}
 	if sum = sha256.Sum256(data); sum != known {

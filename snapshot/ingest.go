@@ -39,7 +39,7 @@ type Ingest struct {
 	man  *manifest // what root holds, once done; nil if it cannot be patched
 
 	sumsMu sync.Mutex
-	sums   map[string][sha256.Size]byte // HintSum's digests, by entry name, until used
+	sums   map[string][sha256.Size]byte // HintSum's digests, by entry name, until used; nil unless patching
 
 	mu       sync.Mutex
 	writeErr error // the first failed write: extraction stopped early
@@ -69,11 +69,15 @@ func (sn *Snapshotter) startIngest(ctx context.Context, tmp string, release func
 	root := filepath.Join(tmp, "l")
 	q := newChunkQueue()
 	in := &Ingest{sn: sn, q: q, root: root, release: release, done: make(chan error, 1)}
+	if patch != nil {
+		// Only a patch uses the writer's digests: a full extraction
+		// hashes each file for its pool key anyway.
+		in.sums = map[string][sha256.Size]byte{}
+		patch.hint = in.takeSum
+	}
 	go func() {
 		x := &extractor{meter: sn.reserve.NewMeter("extract the new layer"), pool: sn.newFilePool(root), man: newManifest(), patch: patch}
-		if patch != nil {
-			patch.hint = in.takeSum
-		}
+
 		err := x.run(ctx, tar.NewReader(q), root)
 		if err == nil {
 			_, err = io.Copy(io.Discard, q) // the tar's trailing padding
@@ -91,10 +95,9 @@ func (sn *Snapshotter) startIngest(ctx context.Context, tmp string, release func
 func (in *Ingest) HintSum(name string, sum [sha256.Size]byte) {
 	in.sumsMu.Lock()
 	defer in.sumsMu.Unlock()
-	if in.sums == nil {
-		in.sums = map[string][sha256.Size]byte{}
+	if in.sums != nil {
+		in.sums[name] = sum
 	}
-	in.sums[name] = sum
 }
 
 // takeSum is and forgets the digest hinted for name.

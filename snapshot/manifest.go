@@ -65,6 +65,9 @@ func entryKind(hdr *tar.Header) byte {
 	return 'f'
 }
 
+// dirKind tells whether a manifest kind is a directory's.
+func dirKind(k byte) bool { return k == 'd' || k == 'D' }
+
 func hasXattrs(hdr *tar.Header) bool { return len(appliedXattrs(hdr)) > 0 }
 
 // headerPrint fingerprints a non-regular entry: everything applyMeta and

@@ -59,7 +59,6 @@ type Claimer func(diffID digest.Digest, take func() error) (bool, error)
 // patchState is a patching extractor's view of the dir it starts from.
 type patchState struct {
 	base    *manifest
-	seen    map[string]bool
 	dirTime map[string]time.Time // explicit dirs of the new layer
 	touched map[string]bool      // dirs whose entries changed (their mtime must be set again)
 	// hint, when set, is the content digest the layer writer had for an
@@ -89,15 +88,18 @@ func (sn *Snapshotter) claimBase(ctx context.Context, base digest.Digest, claim 
 		return nil, "", nil, err
 	}
 	dir := filepath.Join(sn.layersDir, id)
-	m, err := readManifest(dir)
-	if err != nil || len(m.order) < patchMinEntries {
-		return nil, "", nil, nil
+	if _, err := os.Lstat(manifestPath(dir)); err != nil {
+		return nil, "", nil, nil // nothing to patch from: no lock taken
 	}
 	unlock, err := flock.Path(ctx, dir+".lock")
 	if err != nil {
 		return nil, "", nil, err
 	}
 	defer unlock()
+	m, err := readManifest(dir) // under the lock: the dir it describes stays
+	if err != nil || len(m.order) < patchMinEntries {
+		return nil, "", nil, nil
+	}
 	tmp, release, err := sn.tempDir("p")
 	if err != nil {
 		return nil, "", nil, err
@@ -110,7 +112,7 @@ func (sn *Snapshotter) claimBase(ctx context.Context, base digest.Digest, claim 
 		release()
 		return nil, "", nil, err
 	}
-	return &patchState{base: m, seen: map[string]bool{}, dirTime: map[string]time.Time{}, touched: map[string]bool{}}, tmp, release, nil
+	return &patchState{base: m, dirTime: map[string]time.Time{}, touched: map[string]bool{}}, tmp, release, nil
 }
 
 // takeHint is the writer's digest of the file name, if it gave one.
@@ -132,12 +134,11 @@ func (x *extractor) patchEntry(root string, hdr *tar.Header, body io.Reader) (sk
 	p := x.patch
 	rel := manifestName(hdr)
 	base := path.Base(rel)
-	if hdr.Typeflag == tar.TypeLink || strings.HasPrefix(base, whiteoutPrefix) || p.seen[rel] {
+	if _, dup := x.man.entries[rel]; dup || hdr.Typeflag == tar.TypeLink || strings.HasPrefix(base, whiteoutPrefix) {
 		return false, nil, errNoPatch
 	}
-	p.seen[rel] = true
 	kind := entryKind(hdr)
-	if kind == 'd' || kind == 'D' {
+	if dirKind(kind) {
 		p.dirTime[rel] = hdr.ModTime
 	}
 	fp := ""
@@ -169,7 +170,7 @@ func (x *extractor) patchEntry(root string, hdr *tar.Header, body io.Reader) (sk
 	if !had {
 		return false, body, nil
 	}
-	wasDir, isDir := old.kind == 'd' || old.kind == 'D', kind == 'd' || kind == 'D'
+	wasDir, isDir := dirKind(old.kind), dirKind(kind)
 	switch {
 	case wasDir && !isDir, old.kind == 'l', old.kind == 'D', kind == 'D':
 		// A replaced dir or symlink moves what lies under it, and a
@@ -219,7 +220,7 @@ func (x *extractor) finishPatch(root string) error {
 	p := x.patch
 	var inUse map[string]bool // dirs the new layer has entries under
 	for _, rel := range p.base.order {
-		if p.seen[rel] {
+		if _, kept := x.man.entries[rel]; kept {
 			continue
 		}
 		switch p.base.entries[rel].kind {
@@ -254,7 +255,7 @@ func (x *extractor) finishPatch(root string) error {
 	}
 	for rel := range p.touched {
 		for a := rel; a != "."; a = path.Dir(a) {
-			if e, ok := x.man.entries[a]; ok && e.kind != 'd' && e.kind != 'D' {
+			if e, ok := x.man.entries[a]; ok && !dirKind(e.kind) {
 				return errNoPatch // under a symlink: the change landed elsewhere
 			}
 		}
