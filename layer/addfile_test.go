@@ -9,6 +9,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -49,13 +50,17 @@ func TestAddFileWritesWhatAddWrites(t *testing.T) {
 	if digest.FromBytes(r2.Bytes()) != d2.Digest || digest.FromBytes(tee2) != d2.DiffID {
 		t.Fatal("descriptor does not name the streams")
 	}
-	// Whole-file members are keyed by header and content digest, the rest
-	// (the files that span members, the trailer) by their bytes.
-	if len(r1.keys) != len(r2.keys) {
-		t.Fatalf("%d members vs %d", len(r1.keys), len(r2.keys))
+	// Members: "" (a header), then a header and a data member for each
+	// file under ChunkSize, a header and two for the last, the trailer.
+	// The data of a file in one member is keyed by its content digest,
+	// the rest (headers, the data that spans members, the trailer) by
+	// their bytes.
+	if len(r1.keys) != 11 || len(r2.keys) != 11 {
+		t.Fatalf("%d and %d members, want 11", len(r1.keys), len(r2.keys))
 	}
 	for i := range r1.keys {
-		if same := r1.keys[i] == r2.keys[i]; same != (i >= 3) {
+		digestKeyed := i == 2 || i == 4 || i == 6
+		if same := r1.keys[i] == r2.keys[i]; same == digestKeyed {
 			t.Errorf("member %d: raw key == digest key is %v", i, same)
 		}
 	}
@@ -70,8 +75,10 @@ func TestAddFileMembersArePooled(t *testing.T) {
 	}
 	files[1] = "two, edited\n"
 	d2, r2, _ := writeWith(t, files, true, pool)
-	if r2.froms[0] == nil || r2.froms[1] != nil || r2.froms[2] == nil {
-		t.Errorf("pooled: %v; want all but the edited one", r2.froms)
+	for i, from := range r2.froms[:6] { // a header and a data member per file
+		if edited := i/2 == 1; (from == nil) != edited {
+			t.Errorf("member %d pooled is %v; want all but the edited file's", i, from != nil)
+		}
 	}
 	if d3, _, _ := writeWith(t, files, false, nil); d3 != d2 {
 		t.Error("a pooled layer differs from one compressed from scratch")
@@ -81,16 +88,51 @@ func TestAddFileMembersArePooled(t *testing.T) {
 func TestMemberKeyDomains(t *testing.T) {
 	// A digest key's input is never whole blocks: it cannot be any
 	// member's raw key.
-	if n := len(keyTag) + blockSize + sha256.Size; n%blockSize == 0 {
+	if n := len(keyTag) + sha256.Size; n%blockSize == 0 {
 		t.Fatalf("digest key input of %d bytes is whole blocks", n)
 	}
 	raw := make([]byte, 1024)
-	sum := sha256.Sum256(raw[512:])
-	if memberKey(raw, &sum, 512) == memberKey(raw, nil, 0) {
+	sum := sha256.Sum256(raw[:1000])
+	if memberKey(raw, &sum, 1000) == memberKey(raw, nil, 0) {
 		t.Error("digest key equals raw key")
 	}
-	if memberKey(raw, &sum, 1024) != memberKey(raw, nil, 0) {
-		t.Error("a member without whole header blocks must fall back to its bytes")
+	if memberKey(raw, &sum, 512) != memberKey(raw, nil, 0) {
+		t.Error("a member holding more than the data must fall back to its bytes")
+	}
+}
+
+func TestSameContentAtAnotherTimeKeepsItsDataMembers(t *testing.T) {
+	// A RUN run again writes the same files with new mtimes: only the
+	// headers are compressed again.
+	write := func(mtime int64, pool Pool) (Descriptor, *recorder) {
+		r := &recorder{}
+		w := NewWriter(r, Options{Pool: pool})
+		for _, name := range []string{"a", "b"} {
+			body := strings.Repeat(name, 5000)
+			h := &tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body)), ModTime: time.Unix(mtime, 0)}
+			if err := w.Add(h, strings.NewReader(body)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		d, err := w.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d, r
+	}
+	d1, r1 := write(1, nil)
+	pool := &memPool{blobs: map[digest.Digest][]byte{d1.Digest: r1.Bytes()}, locs: map[Key]Loc{}}
+	for i, k := range r1.keys {
+		pool.locs[k] = Loc{Blob: d1.Digest, Offset: r1.locs[i].Offset, Length: r1.locs[i].Length}
+	}
+	d2, r2 := write(2, pool)
+	for i, from := range r2.froms[:4] {
+		if header := i%2 == 0; (from == nil) != header {
+			t.Errorf("member %d pooled is %v; want the data members only", i, from != nil)
+		}
+	}
+	if d3, _ := write(2, nil); d3 != d2 {
+		t.Error("a pooled layer differs from one compressed from scratch")
 	}
 }
 

@@ -4,9 +4,9 @@
 // through Writer, so the same entries give the same diffID and digest on
 // every host: headers are normalized (no atime/ctime, no user or group
 // names, whole-second mtimes clamped to SOURCE_DATE_EPOCH when set), and one
-// gzip compressor runs at fixed settings, one gzip member per entry (see
-// Writer). Callers add entries in a deterministic order (a lexical
-// directory walk).
+// gzip compressor runs at fixed settings, one gzip member per header and
+// per file's data (see Writer). Callers add entries in a deterministic
+// order (a lexical directory walk).
 package layer
 
 import (
@@ -116,13 +116,14 @@ func ociMediaType(mt types.MediaType) string {
 }
 
 // Writer streams normalized tar entries into a gzip layer while computing
-// the layer's digest and diffID. Every entry (its header blocks, data and
-// padding) becomes its own gzip member at the fixed settings, and the tar
-// trailer is the last one: the same entry always gives the same member
-// bytes, so a Pool can supply the members of entries written before
-// instead of compressing them again, and every gzip reader still reads the
-// blob as one tar stream (eStargz layers are made the same way). The
-// digest and diffID are hashed over the real streams either way.
+// the layer's digest and diffID. Every entry's header blocks become a gzip
+// member at the fixed settings, a regular file's data and padding others
+// (one per ChunkSize), and the tar trailer is the last one: the same
+// header or content always gives the same member bytes, so a Pool can
+// supply the members of entries written before instead of compressing
+// them again, and every gzip reader still reads the blob as one tar
+// stream (eStargz layers are made the same way). The digest and diffID
+// are hashed over the real streams either way.
 type Writer struct {
 	opts    Options
 	out     io.Writer
@@ -197,7 +198,7 @@ func (w *Writer) add(hdr *tar.Header, body io.Reader, data []byte) error {
 	if w.cut.sum != nil && w.hinter != nil {
 		w.hinter.HintSum(hdr.Name, *w.cut.sum)
 	}
-	w.cut.next = int(min(hdr.Size, ChunkSize)) + 2048 // header blocks and padding
+	w.cut.next = 2048 // header blocks
 	w.entries++
 	if !ustarHeader(hdr, &w.blk) {
 		return w.addTar(hdr, body, data)
@@ -206,6 +207,9 @@ func (w *Writer) add(hdr *tar.Header, body io.Reader, data []byte) error {
 		return fmt.Errorf("layer entry %s: %w", hdr.Name, err)
 	}
 	if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
+		if err := w.startData(hdr); err != nil {
+			return err
+		}
 		var n int64
 		var err error
 		if body == nil {
@@ -235,6 +239,16 @@ func (w *Writer) add(hdr *tar.Header, body io.Reader, data []byte) error {
 
 var zeroBlock [blockSize]byte
 
+// startData ends the member of a regular file's header blocks, so that
+// its data starts a member of its own.
+func (w *Writer) startData(hdr *tar.Header) error {
+	if err := w.cut.endHeader(); err != nil {
+		return fmt.Errorf("layer entry %s: %w", hdr.Name, err)
+	}
+	w.cut.next = int(min(hdr.Size, ChunkSize)) + blockSize // data and padding
+	return nil
+}
+
 // addTar writes an entry through archive/tar.
 func (w *Writer) addTar(hdr *tar.Header, body io.Reader, data []byte) error {
 	if err := w.tw.WriteHeader(hdr); err != nil {
@@ -244,6 +258,9 @@ func (w *Writer) addTar(hdr *tar.Header, body io.Reader, data []byte) error {
 		body = bytes.NewReader(data)
 	}
 	if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
+		if err := w.startData(hdr); err != nil {
+			return err
+		}
 		n, err := io.Copy(w.tw, io.LimitReader(body, hdr.Size))
 		if err != nil {
 			return fmt.Errorf("layer entry %s: %w", hdr.Name, err)
@@ -264,9 +281,8 @@ func (w *Writer) addTar(hdr *tar.Header, body io.Reader, data []byte) error {
 // AddFile writes one regular file whose content is data and whose sha256
 // is sum. The caller vouches for sum: it must be the digest of exactly
 // data (computed while data was read, or proven to describe those bytes,
-// see buildctx.Context.ReadFile), since the member key of an entry that
-// fits one member is then taken from the header and sum instead of
-// hashing data again. The layer's bytes are those Add would write.
+// see buildctx.Context.ReadFile), since the key of data that fits one
+// member is then taken from sum instead of hashing data again. The layer's bytes are those Add would write.
 func (w *Writer) AddFile(hdr *tar.Header, data []byte, sum [sha256.Size]byte) error {
 	if hdr.Typeflag != tar.TypeReg || int64(len(data)) != hdr.Size {
 		return fmt.Errorf("layer entry %s: AddFile takes a regular file of %d bytes, got %d", hdr.Name, hdr.Size, len(data))

@@ -188,8 +188,8 @@ func TestMembersArePooledAndTheBlobStaysOneStream(t *testing.T) {
 	big := strings.Repeat("0123456789abcdef", 3*ChunkSize/16+100) // four members
 	files := map[string]string{"a": "alpha\n", "b": "beta\n", "big": big, "c": ""}
 	d1, r1, tee1 := writeFiles(t, files, nil)
-	if got := len(r1.keys); got != 3+4+1 {
-		t.Fatalf("%d members, want 8 (a, b, 4 of big, c and the trailer)", got)
+	if got := len(r1.keys); got != 2+2+5+1+1 {
+		t.Fatalf("%d members, want 11 (a and b: header and data, big: header and 4, c, the trailer)", got)
 	}
 	zr, err := gzip.NewReader(bytes.NewReader(r1.Bytes()))
 	if err != nil {
@@ -208,8 +208,8 @@ func TestMembersArePooledAndTheBlobStaysOneStream(t *testing.T) {
 	}
 	files["b"] = "beta, edited\n"
 	d2, r2, _ := writeFiles(t, files, pool)
-	if int(pool.hits.Load()) != len(r2.keys)-1 || r2.froms[1] != nil || r2.froms[0] == nil {
-		t.Errorf("%d of %d members from the pool; want all but the edited one", pool.hits.Load(), len(r2.keys))
+	if int(pool.hits.Load()) != len(r2.keys)-2 || r2.froms[2] != nil || r2.froms[3] != nil || r2.froms[0] == nil {
+		t.Errorf("%d of %d members from the pool; want all but the edited file's header and data", pool.hits.Load(), len(r2.keys))
 	}
 	d3, r3, _ := writeFiles(t, files, nil)
 	if d2 != d3 || !bytes.Equal(r2.Bytes(), r3.Bytes()) {

@@ -11,47 +11,45 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-// ChunkSize is the most uncompressed bytes one member holds: an entry
-// larger than this (a big file) is cut at fixed offsets from its start
+// ChunkSize is the most uncompressed bytes one member holds: a file's data
+// larger than this is cut at fixed offsets from its start
 // into several members, so that a change in one part of the file leaves
 // the other members as they were, both cores compress one file, and a
 // member in flight is bounded in memory. Changing it changes layers.
 const ChunkSize = 1 << 20
 
 // Key names a member by the uncompressed bytes it holds: their sha256,
-// or, for a member that holds one whole regular file whose content digest
-// the caller vouches for (Writer.AddFile), the sha256 of keyTag, the
-// member's header blocks and that content digest: the file's content is
-// then hashed once, not once for its digest and again for its key. The
-// two never meet: a member is whole 512-byte blocks, the second form's
-// input is 16+512k+32 bytes, never a multiple of 512.
+// or, for a member that holds the whole data of a regular file whose
+// content digest the caller vouches for (Writer.AddFile), the sha256 of
+// keyTag and that content digest: the file's content is then hashed once,
+// not once for its digest and again for its key. The two never meet: a
+// member is whole 512-byte blocks, the second form's input is 16+32 bytes.
 //
 // Why sha256 and not a cheaper hash or the file digest the context already
 // has: the pool's bytes go into a blob named by its digest without being
 // decompressed again, so a collision would make the store lie; the key
-// must be collision-resistant. It covers the exact tar bytes (header,
-// data, padding), so a renamed, re-moded or re-timed file is another
-// member, whichever caller (COPY, a RUN's diff, a cache export) produced
-// it. It costs no compression: the workers hash in parallel, and with the
-// CPU's SHA extensions sha256 runs at over 1 GB/s, several times the
-// speed of gzip -1.
+// must be collision-resistant. It covers the exact tar bytes (a header
+// is a member of its own, so a renamed, re-moded or re-timed file keeps
+// its data members), whichever caller (COPY, a RUN's diff, a cache
+// export) produced them. It costs no compression: the workers hash in
+// parallel, and with the CPU's SHA extensions sha256 runs at over 1 GB/s,
+// several times the speed of gzip -1.
 type Key [sha256.Size]byte
 
 // keyTag starts the input of a Key taken from a content digest; changing
 // it changes every such key (not the layers).
-const keyTag = "minibuild-mkey2\n"
+const keyTag = "minibuild-mkey3\n"
 
 // memberKey is the Key of the uncompressed member raw; sum, when not nil,
-// is the sha256 of its last size data bytes before the padding.
+// is the sha256 of its size data bytes, which raw holds with their
+// padding and nothing else.
 func memberKey(raw []byte, sum *[sha256.Size]byte, size int64) Key {
 	pad := (blockSize - size%blockSize) % blockSize
-	hdr := int64(len(raw)) - size - pad
-	if sum == nil || hdr < blockSize || hdr%blockSize != 0 {
+	if sum == nil || int64(len(raw)) != size+pad {
 		return sha256.Sum256(raw)
 	}
 	h := sha256.New()
 	h.Write([]byte(keyTag))
-	h.Write(raw[:hdr])
 	h.Write(sum[:])
 	var k Key
 	h.Sum(k[:0])
@@ -268,8 +266,8 @@ type cutter struct {
 	buf  []byte
 	next int // the expected size of the entry being written
 	// sum, when not nil, is the content digest of the regular file being
-	// written (size bytes): its member's key is taken from it if the
-	// entry stays one member.
+	// written (size bytes): its data member's key is taken from it if
+	// the data stays one member.
 	sum  *[sha256.Size]byte
 	size int64
 	emit func(raw []byte, sum *[sha256.Size]byte, size int64) error
@@ -293,6 +291,19 @@ func (c *cutter) Write(p []byte) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// endHeader cuts the header blocks of a regular file with data into a
+// member of their own, keeping the file's digest for its data: the same
+// content is then the same members whatever its name, mode or mtime (a
+// RUN run again writes the same files at other times).
+func (c *cutter) endHeader() error {
+	if len(c.buf) == 0 {
+		return nil
+	}
+	b := c.buf
+	c.buf = nil
+	return c.emit(b, nil, 0)
 }
 
 func (c *cutter) end() error {
