@@ -3,6 +3,7 @@ package executor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"path"
 	"sync"
@@ -12,38 +13,55 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/minibuild/minibuild/layer"
+	"github.com/minibuild/minibuild/snapshot"
 	"github.com/minibuild/minibuild/store"
 )
 
 // rootfsFacts is a parent rootfs as COPY's key asks about it (DestInfo,
 // Resolve: is the destination a dir, where do the image's symlinks lead,
-// whose are the dirs it lands under; --chown's passwd and group files). When the chain's layers are all in
-// the store it asks the snapshotter, and the answers are recorded as the
-// chain's facts (store.ChainFacts), which a cache export carries. When a
-// layer is remote (a lazy cache hit), it answers from those facts first,
-// so that a host whose every step hits keys its COPYs without fetching or
-// extracting a layer; a question they do not answer goes to the
-// snapshotter, which fetches. The answers are the same either way: facts
-// are a function of the chain's content.
+// whose are the dirs it lands under; --chown's passwd and group files).
+// When the chain's layers are all in the store it asks the snapshotter,
+// and the answers are recorded as the chain's facts (store.ChainFacts),
+// which a cache export carries: for the chain, and for the few chains
+// below it (factLevels). When a layer is remote (a lazy cache hit), it
+// answers from those facts first, so that a host whose every step hits
+// keys its COPYs without fetching or extracting a layer; and where the
+// top layers are this host's own (a COPY that missed, then another
+// COPY), from the facts of the remote chain below them, when their
+// recorded walk shows those layers leave the answer as it was
+// (snapshot.Over). A question neither answers goes to the snapshotter,
+// which fetches. The answers are the same either way: facts are a
+// function of the chain's content.
 type rootfsFacts struct {
 	b      *builder
 	ctx    context.Context
 	layers []layer.Descriptor
 	ids    []digest.Digest
 	remote bool // a layer of the chain is remote: facts first
+	local  int  // when remote: the layers from this index up are in the store
 
 	mu      sync.Mutex
 	known   store.ChainFacts
-	learned map[string]store.Fact
+	below   map[int]store.ChainFacts // loaded facts of the chains ids[:j]
+	learned map[int]map[string]store.Fact
 }
 
+// factLevels is how many chains below the asked one get its answers
+// recorded too: a fresh host that misses a COPY keys the COPYs after it
+// on the chain the miss was made on, one to factLevels levels down from
+// where the exporting host asked. Each level costs one more lookup per
+// question, only when the chain's facts are first learned.
+const factLevels = 4
+
 func (b *builder) rootfsFacts(ctx context.Context, layers []layer.Descriptor) *rootfsFacts {
-	f := &rootfsFacts{b: b, ctx: ctx, layers: layers, learned: map[string]store.Fact{}}
+	f := &rootfsFacts{b: b, ctx: ctx, layers: layers, below: map[int]store.ChainFacts{}, learned: map[int]map[string]store.Fact{}}
 	st := b.opts.Store
-	for _, l := range layers {
+	for i, l := range layers {
 		f.ids = append(f.ids, l.DiffID)
-		if !f.remote && !st.HasBlob(l.Digest) {
-			_, f.remote = st.RemoteBlob(l.Digest)
+		if !st.HasBlob(l.Digest) {
+			if _, ok := st.RemoteBlob(l.Digest); ok {
+				f.remote, f.local = true, i+1
+			}
 		}
 	}
 	if len(f.ids) > 0 {
@@ -52,60 +70,140 @@ func (b *builder) rootfsFacts(ctx context.Context, layers []layer.Descriptor) *r
 	return f
 }
 
-// fact is the recorded answer to q, when the chain is remote.
-func (f *rootfsFacts) fact(q string) (store.Fact, bool) {
-	if !f.remote {
-		return store.Fact{}, false
+// answer is what the rootfs says about path p to op (stat, resolve,
+// read): recorded, derived or looked up. fs.ErrNotExist of a stat or a
+// read is an answer (Missing).
+func (f *rootfsFacts) answer(op, p string) (store.Fact, error) {
+	q := op + " " + p
+	if f.remote {
+		if a, ok := f.known.Facts[q]; ok {
+			return a, nil
+		}
+		if a, ok := f.derive(op, q); ok {
+			return a, nil
+		}
 	}
-	a, ok := f.known.Facts[q]
+	// A local chain is always asked (its facts are for other hosts);
+	// what it has not recorded yet is recorded, with the chains below.
+	known, ok := f.known.Facts[q]
+	learn := !f.remote && len(f.ids) > 0 && (!ok || len(known.Walk) == 0)
+	a, err := f.lookup(f.layers, op, p, learn)
+	if err != nil || !learn {
+		return a, err
+	}
+	f.learn(len(f.ids), q, a)
+	for j := len(f.ids) - 1; j >= max(1, len(f.ids)-factLevels); j-- {
+		if aj, err := f.lookup(f.layers[:j], op, p, true); err == nil {
+			f.learn(j, q, aj)
+		}
+	}
+	return a, nil
+}
+
+// lookup asks the snapshotter about p on layers, and with trace the
+// walk it took.
+func (f *rootfsFacts) lookup(layers []layer.Descriptor, op, p string, trace bool) (store.Fact, error) {
+	sn := f.b.opts.Snapshots
+	var a store.Fact
+	var err error
+	switch op {
+	case "stat":
+		var fi fs.FileInfo
+		if fi, err = sn.Stat(f.ctx, layers, p); err == nil {
+			a = statFact(fi)
+		}
+	case "resolve":
+		a.Resolved, err = sn.Resolve(f.ctx, layers, p)
+	case "read":
+		a.Data, err = sn.ReadFile(f.ctx, layers, p)
+	default:
+		return a, fmt.Errorf("rootfs question %q", op)
+	}
+	if op != "resolve" && errors.Is(err, fs.ErrNotExist) {
+		a, err = store.Fact{Missing: true}, nil
+	}
+	if err == nil && trace {
+		if w, terr := sn.Trace(f.ctx, layers, p); terr == nil {
+			a.Walk = w
+		}
+	}
+	return a, err
+}
+
+// derive answers q from the facts of a chain ids[:j] below this one,
+// when every layer above it is extracted here and leaves the recorded
+// walk as it was (or decides the stat itself).
+func (f *rootfsFacts) derive(op, q string) (store.Fact, bool) {
+	for j := len(f.ids) - 1; j >= max(1, f.local); j-- {
+		a, ok := f.belowFact(j, q)
+		if !ok || len(a.Walk) == 0 {
+			continue
+		}
+		w := snapshot.Walk(a.Walk)
+		var decided fs.FileInfo
+		for _, top := range f.layers[j:] {
+			var fi fs.FileInfo
+			if w, fi, ok = f.b.opts.Snapshots.Over(top, w); !ok {
+				break
+			}
+			if fi != nil {
+				decided = fi
+			}
+		}
+		switch {
+		case !ok || decided != nil && op == "read":
+			continue
+		case decided != nil && op == "stat":
+			a = statFact(decided)
+		}
+		a.Walk = w
+		return a, true
+	}
+	return store.Fact{}, false
+}
+
+// belowFact is the recorded answer to q about the chain ids[:j].
+func (f *rootfsFacts) belowFact(j int, q string) (store.Fact, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	cf, ok := f.below[j]
+	if !ok {
+		cf, _ = f.b.opts.Store.ChainFacts(f.ids[:j])
+		f.below[j] = cf
+	}
+	a, ok := cf.Facts[q]
 	return a, ok
 }
 
-func (f *rootfsFacts) learn(q string, a store.Fact) {
-	if len(f.ids) == 0 {
+// learn keeps the answer to q about the chain ids[:j], unless recorded.
+func (f *rootfsFacts) learn(j int, q string, a store.Fact) {
+	if len(a.Data) > maxFactFile {
 		return
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, ok := f.known.Facts[q]; !ok {
-		f.learned[q] = a
+	if f.learned[j] == nil {
+		f.learned[j] = map[string]store.Fact{}
 	}
+	f.learned[j][q] = a
 }
 
 // stat is copier.Request.DestInfo.
 func (f *rootfsFacts) stat(p string) (fs.FileInfo, error) {
-	q := "stat " + p
-	if a, ok := f.fact(q); ok {
-		if a.Missing {
-			return nil, &fs.PathError{Op: "stat", Path: p, Err: fs.ErrNotExist}
-		}
-		return factInfo{name: path.Base(p), f: a}, nil
+	a, err := f.answer("stat", p)
+	if err == nil && a.Missing {
+		err = &fs.PathError{Op: "stat", Path: p, Err: fs.ErrNotExist}
 	}
-	fi, err := f.b.opts.Snapshots.Stat(f.ctx, f.layers, p)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		f.learn(q, store.Fact{Missing: true})
-	case err == nil:
-		a := store.Fact{Mode: uint32(fi.Mode()), Size: fi.Size(), MTime: fi.ModTime().UnixNano()}
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			a.UID, a.GID = int(st.Uid), int(st.Gid)
-		}
-		f.learn(q, a)
+	if err != nil {
+		return nil, err
 	}
-	return fi, err
+	return factInfo{name: path.Base(p), f: a}, nil
 }
 
 // resolve is copier.Request.Resolve.
 func (f *rootfsFacts) resolve(p string) (string, error) {
-	q := "resolve " + p
-	if a, ok := f.fact(q); ok {
-		return a.Resolved, nil
-	}
-	r, err := f.b.opts.Snapshots.Resolve(f.ctx, f.layers, p)
-	if err == nil {
-		f.learn(q, store.Fact{Resolved: r})
-	}
-	return r, err
+	a, err := f.answer("resolve", p)
+	return a.Resolved, err
 }
 
 // maxFactFile bounds the files whose content is kept as a fact.
@@ -113,21 +211,11 @@ const maxFactFile = 64 << 10
 
 // readFile reads a file for COPY --chown's names (/etc/passwd, /etc/group).
 func (f *rootfsFacts) readFile(p string) ([]byte, error) {
-	q := "read " + p
-	if a, ok := f.fact(q); ok {
-		if a.Missing {
-			return nil, &fs.PathError{Op: "read", Path: p, Err: fs.ErrNotExist}
-		}
-		return a.Data, nil
+	a, err := f.answer("read", p)
+	if err == nil && a.Missing {
+		err = &fs.PathError{Op: "read", Path: p, Err: fs.ErrNotExist}
 	}
-	b, err := f.b.opts.Snapshots.ReadFile(f.ctx, f.layers, p)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		f.learn(q, store.Fact{Missing: true})
-	case err == nil && len(b) <= maxFactFile:
-		f.learn(q, store.Fact{Data: b})
-	}
-	return b, err
+	return a.Data, err
 }
 
 // save records what was learned from the snapshotter, for exports; a
@@ -135,13 +223,24 @@ func (f *rootfsFacts) readFile(p string) ([]byte, error) {
 func (f *rootfsFacts) save() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if len(f.learned) == 0 || f.remote {
+	if f.remote {
 		return
 	}
-	if err := f.b.opts.Store.AddChainFacts(store.ChainFacts{DiffIDs: f.ids, Facts: f.learned}); err != nil {
-		f.b.warn("record rootfs facts: " + err.Error())
+	for j, facts := range f.learned {
+		if err := f.b.opts.Store.AddChainFacts(store.ChainFacts{DiffIDs: f.ids[:j], Facts: facts}); err != nil {
+			f.b.warn("record rootfs facts: " + err.Error())
+			break
+		}
 	}
-	f.learned = map[string]store.Fact{}
+	f.learned = map[int]map[string]store.Fact{}
+}
+
+func statFact(fi fs.FileInfo) store.Fact {
+	a := store.Fact{Mode: uint32(fi.Mode()), Size: fi.Size(), MTime: fi.ModTime().UnixNano()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		a.UID, a.GID = int(st.Uid), int(st.Gid)
+	}
+	return a
 }
 
 // factInfo is a recorded stat as an fs.FileInfo; Sys carries the owner

@@ -16,8 +16,9 @@ import (
 // followed (the final one only when follow is set), never out of the
 // rootfs. It returns the clean relative path p names. With missingOK,
 // the components from the first missing one on are kept as written (".."
-// applied lexically): that is where a mount point would be created.
-func (c chain) walkPath(p string, follow, missingOK bool) (string, error) {
+// applied lexically): that is where a mount point would be created. When
+// trace is not nil it gets every lookup made, in order (see Walk).
+func (c chain) walkPath(p string, follow, missingOK bool, trace *Walk) (string, error) {
 	todo := splitPath(p)
 	var done []string
 	for links := 0; len(todo) > 0; {
@@ -29,6 +30,9 @@ func (c chain) walkPath(p string, follow, missingOK bool) (string, error) {
 		}
 		cur := append(done[:len(done):len(done)], name)
 		hostPath, fi, err := c.lookup(strings.Join(cur, "/"))
+		if trace != nil {
+			trace.add(strings.Join(cur, "/"), fi, err, len(todo) == 0)
+		}
 		if missingOK && errors.Is(err, fs.ErrNotExist) {
 			done = cur
 			for _, n := range todo {
@@ -78,7 +82,7 @@ func (c chain) resolve(p string, follow bool) (string, fs.FileInfo, error) {
 	if len(c) == 0 {
 		return "", nil, fs.ErrNotExist
 	}
-	rel, err := c.walkPath(p, follow, false)
+	rel, err := c.walkPath(p, follow, false, nil)
 	if err != nil {
 		return "", nil, err
 	}
@@ -89,7 +93,7 @@ func (c chain) resolve(p string, follow bool) (string, fs.FileInfo, error) {
 // returns the clean relative path it names, missing components kept (see
 // walkPath).
 func (c chain) canonical(p string) (string, error) {
-	return c.walkPath(p, true, true)
+	return c.walkPath(p, true, true, nil)
 }
 
 func splitPath(p string) []string {

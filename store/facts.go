@@ -24,16 +24,19 @@ import (
 // <hex of the chain's top diffID>/<hex of the chain id>.json.
 
 // Fact is one answer about a rootfs: a stat (Missing, or the entry's mode,
-// owner and mtime), a resolved path, or a small file's content.
+// owner and mtime), a resolved path, or a small file's content; Walk is
+// how the chain resolved the path (snapshot.Walk), so that a host with a
+// new layer on top of the chain can tell whether the answer still holds.
 type Fact struct {
-	Missing  bool   `json:"missing,omitempty"`
-	Mode     uint32 `json:"mode,omitempty"` // fs.FileMode
-	UID      int    `json:"uid,omitempty"`
-	GID      int    `json:"gid,omitempty"`
-	Size     int64  `json:"size,omitempty"`
-	MTime    int64  `json:"mtime,omitempty"` // unix nanoseconds
-	Resolved string `json:"resolved,omitempty"`
-	Data     []byte `json:"data,omitempty"` // a small file's content (/etc/passwd for --chown)
+	Missing  bool     `json:"missing,omitempty"`
+	Mode     uint32   `json:"mode,omitempty"` // fs.FileMode
+	UID      int      `json:"uid,omitempty"`
+	GID      int      `json:"gid,omitempty"`
+	Size     int64    `json:"size,omitempty"`
+	MTime    int64    `json:"mtime,omitempty"` // unix nanoseconds
+	Resolved string   `json:"resolved,omitempty"`
+	Data     []byte   `json:"data,omitempty"` // a small file's content (/etc/passwd for --chown)
+	Walk     []string `json:"walk,omitempty"`
 }
 
 // ChainFacts are the facts known about the rootfs of one layer chain,
@@ -85,8 +88,8 @@ func readFacts(p string, diffIDs []digest.Digest) (ChainFacts, bool) {
 }
 
 // AddChainFacts merges cf into what the store knows about its chain
-// (answers already known are kept: a rootfs does not change). Nothing
-// new, nothing written.
+// (answers already known are kept: a rootfs does not change; one without
+// a walk takes the walk). Nothing new, nothing written.
 func (s *Store) AddChainFacts(cf ChainFacts) error {
 	p, err := s.factsPath(cf.DiffIDs)
 	if err != nil {
@@ -98,7 +101,7 @@ func (s *Store) AddChainFacts(cf ChainFacts) error {
 	}
 	added := false
 	for q, f := range cf.Facts {
-		if _, known := old.Facts[q]; !known {
+		if was, known := old.Facts[q]; !known || len(was.Walk) == 0 && len(f.Walk) > 0 {
 			old.Facts[q] = f
 			added = true
 		}

@@ -253,3 +253,43 @@ func TestLazyChownCopyFetchesNothing(t *testing.T) {
 		}
 	}
 }
+
+// A fresh host whose first miss is a COPY keys the COPYs after it from
+// the cache's facts about the chain below, through its own new layers,
+// where their walks show those layers change nothing (or decide the
+// answer themselves): the RUN's layer is never fetched, and the image is
+// the one host A builds from the same edit with its layers on disk. The
+// walks cross a symlink the RUN made and a file the first miss wrote.
+func TestLazyCopiesAfterAMissFetchNothing(t *testing.T) {
+	reg := startRegistry(t)
+	dockerfile := "FROM busybox\nWORKDIR /app\n" +
+		"RUN mkdir -p /deps && seq 1 20000 > /deps/data && ln -s /deps /app/vendor\n" +
+		"COPY a.txt ./\nCOPY lib/ ./lib/\nCOPY b.txt ./vendor/\nCOPY b.txt ./a.txt\n"
+	files := map[string]string{"a.txt": "one\n", "b.txt": "bee\n", "lib/m.py": "x = 1\n"}
+	cacheRef := reg.host + "/team/miss:cache"
+	epoch := []string{"SOURCE_DATE_EPOCH=1000"} // the new steps' history dates
+	a := newEnv(t)
+	ctxA := project(t, dockerfile, files)
+	a.build(ctxA, epoch, "-t", "miss:a", "--cache-to", "type=registry,ref="+cacheRef+",mode=max")
+	runLayers, _ := a.imageBlobs("miss:a")
+	runLayer := runLayers[len(runLayers)-5] // under the four COPYs
+
+	files["a.txt"] = "one, edited\n"
+	os.WriteFile(filepath.Join(ctxA, "a.txt"), []byte(files["a.txt"]), 0o644)
+	want := a.build(ctxA, epoch, "-t", "miss:a2")
+
+	b := newEnv(t)
+	m := reg.mark()
+	got := b.build(project(t, dockerfile, files), epoch, "-t", "miss:b", "--cache-from", "type=registry,ref="+cacheRef)
+	for _, s := range got.steps {
+		if built := s.Step >= 4; (s.Status == "cached") == built {
+			t.Errorf("step %d %q: %s (%s)", s.Step, s.Instruction, s.Status, s.Reason)
+		}
+	}
+	if got.res.ImageID != want.res.ImageID {
+		t.Errorf("fresh host built %s, host A %s from the same edit", got.res.ImageID, want.res.ImageID)
+	}
+	if blobGets(reg.since(m))[runLayer] {
+		t.Errorf("the fresh host downloaded the RUN's layer %s to key the COPYs after its miss", runLayer)
+	}
+}
