@@ -175,7 +175,8 @@ func (f *rootfsFacts) belowFact(j int, q string) (store.Fact, bool) {
 	return a, ok
 }
 
-// learn keeps the answer to q about the chain ids[:j], unless recorded.
+// learn keeps the answer to q about the chain ids[:j] for save (which
+// keeps what the store already has).
 func (f *rootfsFacts) learn(j int, q string, a store.Fact) {
 	if len(a.Data) > maxFactFile {
 		return
