@@ -106,12 +106,29 @@ type member struct {
 	key  Key
 	from *Loc
 	out  []byte
+}
+
+// group is the unit of work of the pipeline: one member, or a run of
+// small ones (a file's header and data are two members, and most files
+// are small), so that the channels and goroutine handoffs are paid once
+// per group instead of once per member.
+type group struct {
+	ms   []member
+	n    int // their uncompressed bytes
 	done chan struct{}
 }
 
+// A group is sent on once it holds groupMembers members or groupBytes
+// uncompressed bytes (a 1 MiB chunk is then a group of its own: both
+// cores still share a big file).
+const (
+	groupMembers = 64
+	groupBytes   = 128 << 10
+)
+
 // pipeline compresses members on every core and writes them in order:
-// workers take members from work, one goroutine writes them as they come
-// in order; order's capacity bounds what is in flight. That goroutine
+// workers take groups of members from work, one goroutine writes them as
+// they come in order; order's capacity bounds what is in flight. That goroutine
 // also passes the members' uncompressed bytes, in order and in batches,
 // to one more that writes them to raw (the diffID's hash): the two
 // hashes of a layer, blob and diffID, run side by side, off the caller's
@@ -124,8 +141,9 @@ type pipeline struct {
 	raws    chan [][]byte
 	rawDone chan struct{}
 	pool    Pool
-	work    chan *member
-	order   chan *member
+	pending *group // the group submit fills
+	work    chan *group
+	order   chan *group
 	workers sync.WaitGroup
 	drained chan struct{}
 	write   func(*member) error
@@ -135,7 +153,7 @@ type pipeline struct {
 
 func newPipeline(pool Pool, raw func([]byte) (int, error), tee io.Writer, write func(*member) error, bufs *bufPool) *pipeline {
 	n := runtime.GOMAXPROCS(0)
-	p := &pipeline{raw: raw, tee: tee, pool: pool, work: make(chan *member, 4*n), order: make(chan *member, 4*n),
+	p := &pipeline{raw: raw, tee: tee, pool: pool, work: make(chan *group, 4*n), order: make(chan *group, 4*n),
 		drained: make(chan struct{}), write: write, raws: make(chan [][]byte, 4), rawDone: make(chan struct{})}
 	go func() {
 		defer close(p.rawDone)
@@ -166,14 +184,30 @@ func (p *pipeline) submit(raw []byte, sum *[sha256.Size]byte, size int64) error 
 	if err := p.failed(); err != nil {
 		return err
 	}
-	m := &member{raw: raw, sum: sum, size: size, done: make(chan struct{})}
-	p.order <- m
-	p.work <- m
+	g := p.pending
+	if g == nil {
+		g = &group{ms: make([]member, 0, groupMembers), done: make(chan struct{})}
+		p.pending = g
+	}
+	g.ms = append(g.ms, member{raw: raw, sum: sum, size: size})
+	if g.n += len(raw); len(g.ms) == groupMembers || g.n >= groupBytes {
+		p.flush()
+	}
 	return nil
+}
+
+// flush sends the pending group on.
+func (p *pipeline) flush() {
+	if g := p.pending; g != nil {
+		p.pending = nil
+		p.order <- g
+		p.work <- g
+	}
 }
 
 // close waits for every queued member to be written, and to the Tee.
 func (p *pipeline) close() error {
+	p.flush()
 	close(p.work)
 	close(p.order)
 	<-p.drained
@@ -200,26 +234,34 @@ func (p *pipeline) failed() error {
 func (p *pipeline) worker() {
 	defer p.workers.Done()
 	var zw *gzip.Writer
-	for m := range p.work {
-		m.key = memberKey(m.raw, m.sum, m.size)
-		if p.pool != nil {
-			if loc, b, ok := p.pool.Member(m.key); ok {
-				m.from, m.out = &loc, b
-				close(m.done)
-				continue
-			}
+	for g := range p.work {
+		for i := range g.ms {
+			zw = p.compress(&g.ms[i], zw)
 		}
-		buf := bytes.NewBuffer(make([]byte, 0, len(m.raw)/2+64))
-		if zw == nil {
-			zw, _ = gzip.NewWriterLevel(buf, compressionLevel) // the level is valid
-		} else {
-			zw.Reset(buf) // a zero header: no name, no mtime
-		}
-		zw.Write(m.raw) // writes to a bytes.Buffer do not fail
-		zw.Close()
-		m.out = buf.Bytes()
-		close(m.done)
+		close(g.done)
 	}
+}
+
+// compress gives m its key and its compressed bytes, from the pool or
+// from zw (made on first use, and returned for the next member).
+func (p *pipeline) compress(m *member, zw *gzip.Writer) *gzip.Writer {
+	m.key = memberKey(m.raw, m.sum, m.size)
+	if p.pool != nil {
+		if loc, b, ok := p.pool.Member(m.key); ok {
+			m.from, m.out = &loc, b
+			return zw
+		}
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, len(m.raw)/2+64))
+	if zw == nil {
+		zw, _ = gzip.NewWriterLevel(buf, compressionLevel) // the level is valid
+	} else {
+		zw.Reset(buf) // a zero header: no name, no mtime
+	}
+	zw.Write(m.raw) // writes to a bytes.Buffer do not fail
+	zw.Close()
+	m.out = buf.Bytes()
+	return zw
 }
 
 // rawBatch is about how many uncompressed bytes go to raw at a time.
@@ -236,27 +278,31 @@ func (p *pipeline) writer() {
 		close(p.raws)
 		<-p.rawDone
 	}()
-	for m := range p.order {
-		<-m.done
-		// raw is never written after submit, and its worker is done with
-		// it: the diffID's goroutine hashes it and gives the buffer back.
-		if batch = append(batch, m.raw); n+len(m.raw) >= rawBatch {
-			p.raws <- batch
-			batch, n = nil, 0
-		} else {
-			n += len(m.raw)
-		}
-		if p.failed() == nil {
-			if err := p.write(m); err != nil {
-				p.mu.Lock()
-				p.err = err
-				p.mu.Unlock()
+	for g := range p.order {
+		<-g.done
+		for i := range g.ms {
+			m := &g.ms[i]
+			// raw is never written after submit, and its worker is done
+			// with it: the diffID's goroutine hashes it and gives the
+			// buffer back.
+			if batch = append(batch, m.raw); n+len(m.raw) >= rawBatch {
+				p.raws <- batch
+				batch, n = nil, 0
+			} else {
+				n += len(m.raw)
 			}
+			if p.failed() == nil {
+				if err := p.write(m); err != nil {
+					p.mu.Lock()
+					p.err = err
+					p.mu.Unlock()
+				}
+			}
+			if r, ok := p.pool.(Releaser); ok && m.from != nil {
+				r.Release(m.out)
+			}
+			m.raw, m.out = nil, nil
 		}
-		if r, ok := p.pool.(Releaser); ok && m.from != nil {
-			r.Release(m.out)
-		}
-		m.raw, m.out = nil, nil
 	}
 }
 
