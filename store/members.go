@@ -223,36 +223,55 @@ type poolReader struct {
 	s     *Store
 	mu    sync.Mutex
 	files map[digest.Digest]*os.File // nil: unusable
-	free  [][]byte                   // buffers Release gave back
+	win   window
 }
 
-// memberBuf is the least capacity of a member buffer: most members are
-// a few KB, so one buffer fits nearly any.
-const memberBuf = 64 << 10
+// window is the stretch of a blob read last. A rebuild asks for the
+// members of an earlier layer in the order that layer holds them, most
+// of them a few hundred bytes (a header) or KB, so one read of a window
+// serves many: a layer of 20,000 files is 40,000 members.
+type window struct {
+	blob digest.Digest
+	off  int64
+	b    []byte
+}
 
-// buf lends a buffer of n bytes, a released one when it fits.
-func (p *poolReader) buf(n int64) []byte {
-	p.mu.Lock()
-	if k := len(p.free); k > 0 && int64(cap(p.free[k-1])) >= n {
-		b := p.free[k-1]
-		p.free = p.free[:k-1]
-		p.mu.Unlock()
-		return b[:n]
+const windowSize = 256 << 10
+
+// memberBufs recycle the buffers Member lends, by size class: 4 KiB
+// times a power of four, up to 4 MiB (a member is at most twice
+// ChunkSize). A rebuild reads most of a layer's bytes through them, a few
+// hundred members in flight at a time, so reusing them spares the
+// collector a layer's worth of garbage.
+var memberBufs [6]sync.Pool
+
+// bufClass is the smallest class holding n bytes, or -1.
+func bufClass(n int64) int {
+	for c := range memberBufs {
+		if n <= 4<<10<<(2*c) {
+			return c
+		}
 	}
-	p.mu.Unlock()
-	return make([]byte, n, max(n, memberBuf))
+	return -1
+}
+
+// buf lends a buffer of n bytes.
+func (p *poolReader) buf(n int64) []byte {
+	c := bufClass(n)
+	if c < 0 {
+		return make([]byte, n)
+	}
+	if b, ok := memberBufs[c].Get().(*[]byte); ok {
+		return (*b)[:n]
+	}
+	return make([]byte, n, 4<<10<<(2*c))
 }
 
 // Release implements layer.Releaser: b, returned by Member, is free again.
 func (p *poolReader) Release(b []byte) {
-	if cap(b) < memberBuf || cap(b) > 2*layer.ChunkSize {
-		return
+	if c := bufClass(int64(cap(b))); c >= 0 && cap(b) == 4<<10<<(2*c) {
+		memberBufs[c].Put(&b)
 	}
-	p.mu.Lock()
-	if len(p.free) < 64 {
-		p.free = append(p.free, b)
-	}
-	p.mu.Unlock()
 }
 
 // Member implements layer.Pool.
@@ -266,11 +285,39 @@ func (p *poolReader) Member(k layer.Key) (layer.Loc, []byte, bool) {
 		return layer.Loc{}, nil, false
 	}
 	b := p.buf(loc.Length)
-	if _, err := f.ReadAt(b, loc.Offset); err != nil || b[0] != 0x1f || b[1] != 0x8b || b[2] != 8 {
+	if err := p.read(f, loc, b); err != nil || b[0] != 0x1f || b[1] != 0x8b || b[2] != 8 {
 		p.Release(b)
 		return layer.Loc{}, nil, false // not a gzip member there: compress it again
 	}
 	return loc, b, true
+}
+
+// read reads the member at loc of f into b, through the window when it
+// is small.
+func (p *poolReader) read(f *os.File, loc layer.Loc, b []byte) error {
+	if loc.Length > windowSize/4 {
+		_, err := f.ReadAt(b, loc.Offset)
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	w := &p.win
+	if w.blob != loc.Blob || loc.Offset < w.off || loc.Offset+loc.Length > w.off+int64(len(w.b)) {
+		if w.b == nil {
+			w.b = make([]byte, windowSize)
+		}
+		n, err := f.ReadAt(w.b[:windowSize], loc.Offset)
+		if n < int(loc.Length) {
+			w.blob, w.b = "", w.b[:0]
+			if err == nil {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+		w.blob, w.off, w.b = loc.Blob, loc.Offset, w.b[:n]
+	}
+	copy(b, w.b[loc.Offset-w.off:])
+	return nil
 }
 
 func (p *poolReader) file(d digest.Digest) *os.File {
