@@ -97,8 +97,18 @@ COPY --from=fails /etc/passwd /p
 			t.Errorf("error lacks %q:\n%s", want, r)
 		}
 	}
-	if out, _ := exec.Command("pgrep", "-f", "sleep 300").Output(); len(out) > 0 {
-		t.Errorf("the slow stage's process is still running: pids %s", out)
+	// A killed process may take a moment to be gone (CI saw one still
+	// listed once, right after the build exited); one that runs on is
+	// there for its 300 s.
+	var out []byte
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if out, _ = exec.Command("pgrep", "-f", "sleep 300").Output(); len(out) == 0 {
+			break
+		}
+	}
+	if len(out) > 0 {
+		ps, _ := exec.Command("ps", "-o", "pid,ppid,stat,etime,args", "-p", strings.Join(strings.Fields(string(out)), ",")).CombinedOutput()
+		t.Errorf("the slow stage's process is still running 5 s after the build:\n%s", ps)
 		exec.Command("pkill", "-f", "sleep 300").Run()
 	}
 	e.checkNoMounts()
