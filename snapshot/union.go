@@ -78,12 +78,18 @@ func (c chain) pick(name string, stat func(i int) (fs.FileInfo, error)) (entry, 
 // child looks name up in the merged dir c.
 func (c chain) child(name string) (entry, bool, error) {
 	return c.pick(name, func(i int) (fs.FileInfo, error) {
-		fi, err := os.Lstat(filepath.Join(c[i], name))
-		if errors.Is(err, fs.ErrNotExist) || isNotDir(err) {
-			return nil, nil
-		}
-		return fi, err
+		return touched(filepath.Join(c[i], name))
 	})
+}
+
+// touched is the entry a layer dir holds at host path p: nil when the
+// layer did not touch that name (absent, or under a non-dir).
+func touched(p string) (fs.FileInfo, error) {
+	fi, err := os.Lstat(p)
+	if errors.Is(err, fs.ErrNotExist) || isNotDir(err) {
+		return nil, nil
+	}
+	return fi, err
 }
 
 // children lists the merged dir c, sorted by name.

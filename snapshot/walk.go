@@ -82,8 +82,8 @@ func (sn *Snapshotter) Over(top Layer, w Walk) (Walk, fs.FileInfo, bool) {
 			return nil, nil, false
 		}
 		p := filepath.Join(dir, rel)
-		fi, err := os.Lstat(p)
-		if errors.Is(err, fs.ErrNotExist) || isNotDir(err) {
+		fi, err := touched(p)
+		if err == nil && fi == nil {
 			continue // top did not touch it
 		}
 		if err != nil || isWhiteout(fi) {
